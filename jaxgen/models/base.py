@@ -47,5 +47,7 @@ class Family:
     save_samples: Callable[[Any, str], list[str]]
     final_eval: Optional[Callable[[TrainState, Iterable[Batch]], dict[str, float]]] = None
     visualize: Optional[Callable[[TrainState, jax.Array, Batch, str], list[str]]] = None
+    # File suffix of what save_samples writes (".png" grids, ".txt" for text).
+    sample_suffix: str = ".png"
     # Optional: PartitionSpecs for params (e.g. from logical axes); None = FSDP heuristic.
     param_specs: Optional[Callable[[Any], Any]] = None

@@ -78,7 +78,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, grad_a
         if ema is not None and ema_decay is not None:
             ema = ema_update(ema, params, ema_decay)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+        metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
         return new_state, metrics
 
     return train_step

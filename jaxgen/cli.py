@@ -1,0 +1,177 @@
+"""The ``jaxgen`` command: train, sample and evaluate the experiments in ``experiments/``.
+
+Errors the user can fix (an unknown experiment or config key, a value of the wrong type, a
+missing dataset, a workdir of another experiment) end with one line on stderr and exit status 2.
+Set ``JAXGEN_DEBUG=1`` to see the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+
+USAGE_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, KeyError)
+
+EPILOG = """examples:
+  jaxgen train vae_mnist                        train the default VAE recipe (workdirs/vae_mnist)
+  jaxgen train vae_mnist:smoke --workdir /tmp/w --set train.steps=20
+  jaxgen eval --workdir workdirs/vae_mnist      metrics as JSON, also written to WORKDIR/eval.json
+  jaxgen sample --workdir workdirs/vae_mnist --num 64 --out samples.png
+"""
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        import absl.logging
+        absl.logging.set_verbosity(absl.logging.ERROR)
+    except ImportError:
+        pass
+    logging.basicConfig(level=logging.WARNING, format="jaxgen: %(levelname)s: %(message)s")
+    logging.getLogger("jaxgen").setLevel(logging.INFO)
+
+
+def _add_distributed(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("multi-host (jax.distributed)")
+    g.add_argument("--coordinator", help="coordinator address host:port (process 0)")
+    g.add_argument("--num-processes", type=int, help="total number of processes")
+    g.add_argument("--process-id", type=int, help="this process's index")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jaxgen", description="Train, sample and evaluate generative models in JAX.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    t = sub.add_parser("train", help="train an experiment (resumes an existing workdir)",
+                       description="Train EXPERIMENT[:VARIANT] into WORKDIR. Running it again on "
+                       "the same workdir resumes from the newest checkpoint.")
+    t.add_argument("experiment", metavar="EXPERIMENT[:VARIANT]",
+                   help="a recipe in experiments/ (e.g. vae_mnist, vae_mnist:smoke) or a .py file")
+    t.add_argument("--workdir", help="run directory (default: workdirs/EXPERIMENT_VARIANT)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.steps=100 (repeatable)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_distributed(t)
+
+    e = sub.add_parser("eval", help="evaluate the newest checkpoint of a workdir",
+                       description="Evaluate the newest checkpoint of WORKDIR on its eval split; "
+                       "prints the metrics as JSON and writes WORKDIR/eval.json.")
+    e.add_argument("--workdir", required=True)
+    e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an eval setting, e.g. --set eval.iwae_k=100")
+    _add_distributed(e)
+
+    s = sub.add_parser("sample", help="draw samples from a trained model",
+                       description="Draw NUM samples from the newest checkpoint of WORKDIR and "
+                       "write them to OUT (a PNG grid for images, text for language models).")
+    s.add_argument("--workdir", required=True)
+    s.add_argument("--num", type=int, default=64, help="number of samples (default 64)")
+    s.add_argument("--out", required=True, help="output file, e.g. samples.png")
+    s.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a sampling setting, e.g. --set sample.temperature=0.8")
+    return parser
+
+
+def _init_distributed(args) -> None:
+    if getattr(args, "coordinator", None):
+        import jax
+        jax.distributed.initialize(coordinator_address=args.coordinator,
+                                   num_processes=args.num_processes, process_id=args.process_id)
+
+
+def cmd_train(args) -> int:
+    from jaxgen import experiments
+    from jaxgen.train import loop
+
+    config = experiments.get_config(args.experiment)
+    workdir = args.workdir or os.path.join("workdirs", config.experiment.replace(":", "_")
+                                           .removesuffix("_default"))
+    loop.check_workdir(workdir, config)
+    if os.path.exists(os.path.join(workdir, "config.json")):
+        # Resuming: the workdir's own config is the base, so a resumed run continues exactly.
+        stored = loop.load_config(workdir)
+        config = stored
+        config.lock()
+    experiments.apply_overrides(config, args.overrides)
+    _init_distributed(args)
+    loop.train(config, workdir, progress=not args.no_progress)
+    print(f"trained {config.experiment} to step {config.train.steps} in {workdir}")
+    return 0
+
+
+def _restored_run(args):
+    from jaxgen import experiments
+    from jaxgen.train import loop
+
+    config = loop.load_config(args.workdir)
+    config.lock()
+    experiments.apply_overrides(config, args.overrides)
+    run = loop.build(config)
+    step, state = loop.restore_latest(run, args.workdir)
+    return run, step, state
+
+
+def cmd_eval(args) -> int:
+    import jax
+
+    from jaxgen.train import loop
+
+    _init_distributed(args)
+    run, step, state = _restored_run(args)
+    results = {"experiment": run.config.experiment, "step": int(step)}
+    results.update({f"eval_{k}": v for k, v in loop.evaluate(run, state).items()})
+    if run.family.final_eval is not None:
+        results.update(run.family.final_eval(state, run.datasets.make_eval()))
+    if run.family.visualize is not None:
+        batch = next(iter(run.datasets.make_eval()))
+        run.family.visualize(state, jax.random.PRNGKey(0), batch,
+                             os.path.join(args.workdir, "eval"))
+    if jax.process_index() == 0:
+        with open(os.path.join(args.workdir, "eval.json"), "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2)
+        print(json.dumps(results, indent=2))
+    return 0
+
+
+def cmd_sample(args) -> int:
+    import jax
+
+    from jaxgen.train import loop
+
+    if args.num <= 0:
+        raise ValueError(f"--num must be positive, got {args.num}")
+    run, _, state = _restored_run(args)
+    files = loop.write_samples(run, state, jax.random.PRNGKey(args.seed), args.num, args.out)
+    for f in files:
+        print(f)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _quiet_libraries()
+    commands = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample}
+    try:
+        return commands[args.command](args)
+    except USAGE_ERRORS as e:
+        if os.environ.get("JAXGEN_DEBUG"):
+            raise
+        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        print(f"jaxgen {args.command}: error: {msg.splitlines()[0] if msg else type(e).__name__}",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"jaxgen {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
