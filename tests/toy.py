@@ -20,8 +20,11 @@ DIM = 12
 class ToyIterator:
     """Deterministic, checkpointable iterator over shuffled rows of a fixed array."""
 
-    def __init__(self, data: np.ndarray, batch: int, seed: int):
+    def __init__(self, data: np.ndarray, batch: int, seed: int, process_index: int = 0,
+                 process_count: int = 1):
         self.data, self.batch, self.seed, self.pos = data, batch, seed, 0
+        per = batch // process_count  # each process: its contiguous slice of the global batch
+        self.shard = slice(process_index * per, (process_index + 1) * per)
 
     def __iter__(self):
         return self
@@ -33,7 +36,7 @@ class ToyIterator:
             epoch, j = divmod(i, n)
             idx.append(np.random.default_rng((self.seed, epoch)).permutation(n)[j])
         self.pos += self.batch
-        return {"x": self.data[np.array(idx)]}
+        return {"x": self.data[np.array(idx)][self.shard]}
 
     def get_state(self):
         return {"pos": self.pos}
@@ -59,11 +62,14 @@ class ToyDatasets:
             yield {"x": x, "mask": mask}
 
 
-def toy_datasets(config) -> ToyDatasets:
+def toy_datasets(config, process_index: int = 0, process_count: int = 1) -> ToyDatasets:
     rng = np.random.default_rng(0)
     data = rng.normal(size=(100, DIM)).astype(np.float32)
-    return ToyDatasets(ToyIterator(data, config.data.batch_size, config.data.seed),
-                       data[:20], config.data.eval_batch_size, {"kind": "toy"})
+    it = ToyIterator(data, config.data.batch_size, config.data.seed, process_index, process_count)
+    per = config.data.eval_batch_size // process_count
+    eval_data = data[:16].reshape(-1, process_count, per, DIM)[:, process_index].reshape(-1, DIM) \
+        if process_count > 1 else data[:16]
+    return ToyDatasets(it, eval_data, config.data.eval_batch_size // process_count, {"kind": "toy"})
 
 
 class AE(nn.Module):

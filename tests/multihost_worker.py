@@ -1,0 +1,34 @@
+"""One process of a 2-process CPU run (jax.distributed over 127.0.0.1, gloo collectives).
+
+Usage: python multihost_worker.py PORT PROCESS_ID WORKDIR OUT.npy
+"""
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+os.environ["JAX_PLATFORMS"] = "cpu"
+import jax  # noqa: E402
+
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+port, pid, workdir, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=pid)
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import toy  # noqa: E402
+from jaxgen import models  # noqa: E402
+from jaxgen.train import loop  # noqa: E402
+
+models.FAMILIES["toy"] = "toy"
+config = toy.toy_config(steps=4)
+config.mesh.data = 2
+config.mesh.fsdp = 2
+assert jax.device_count() == 4 and jax.process_count() == 2
+state = loop.train(config, workdir, datasets=toy.toy_datasets(config, pid, 2), progress=False)
+kernel = state.params["params"]["Dense_0"]["kernel"]
+gathered = jax.jit(lambda x: x, out_shardings=jax.sharding.NamedSharding(
+    kernel.sharding.mesh, jax.sharding.PartitionSpec()))(kernel)
+if pid == 0:
+    np.save(out, np.asarray(gathered))
+jax.distributed.shutdown()
