@@ -108,3 +108,23 @@ def test_batch_not_divisible_by_devices_is_an_error(tmp_path):
     config.data.batch_size = 12
     with pytest.raises(ValueError, match="not divisible by the 8 data-parallel devices"):
         _train(config, tmp_path / "w")
+
+
+def test_sigterm_saves_and_exits(tmp_path):
+    import signal
+
+    config = toy.toy_config(steps=50, ckpt_every=100)
+    datasets = toy.toy_datasets(config)
+    original = datasets.train.__next__
+
+    def next_and_preempt():
+        batch = original()
+        if datasets.train.pos == 5 * config.data.batch_size:  # the 5th batch: send SIGTERM
+            os.kill(os.getpid(), signal.SIGTERM)
+        return batch
+
+    datasets.train.__class__ = type("Preempting", (toy.ToyIterator,),
+                                    {"__next__": lambda self: next_and_preempt()})
+    state = loop.train(config, str(tmp_path / "w"), datasets=datasets, progress=False)
+    assert int(state.step) == 5
+    assert sorted(int(d) for d in os.listdir(tmp_path / "w" / "checkpoints") if d.isdigit()) == [5]

@@ -179,6 +179,17 @@ class _StopSignal:
     def _handle(self, signum, frame):
         self.stop = True
 
+    def should_stop(self, step: int) -> bool:
+        """Single process: the signal flag. Multi-host: JAX's preemption sync point, so every
+        process agrees on the step at which to save (a per-host flag could deadlock the save)."""
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            try:
+                return bool(multihost_utils.reached_preemption_sync_point(step))
+            except RuntimeError:  # preemption service not enabled
+                return False
+        return self.stop
+
     def __exit__(self, *exc):
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
@@ -244,11 +255,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, devices: Optional[
                 if tc.sample_every and step % int(tc.sample_every) == 0 and step != total:
                     write_samples(run, state, jax.random.PRNGKey(step), int(tc.num_samples),
                                   _sample_path(run, workdir, step))
-                if step % int(tc.ckpt_every) == 0 or step == total or stop.stop:
+                preempted = stop.should_stop(step)
+                if step % int(tc.ckpt_every) == 0 or step == total or preempted:
                     ckpt.save(step, state, train_iter, cfg_dict, force=True)
                 if interrupt_at is not None and step >= interrupt_at:
                     raise Interrupted(f"interrupted at step {step}")
-                if stop.stop:
+                if preempted:
                     log.warning("SIGTERM received: saved step %d, exiting", step)
                     return state
         if pending is not None:
