@@ -1,0 +1,1 @@
+"""jaxgen benchmarks: ``python -m benchmarks.<name> --help`` from the repository root."""
