@@ -1,0 +1,98 @@
+"""Multi-head self-attention with RoPE, grouped-query heads and an explicit KV cache.
+
+Attention is ``softmax(q k^T / sqrt(H)) v`` (Vaswani et al. 2017), computed by
+:func:`jaxgen.nn.kernels.attention` (layout BTNH) with the kernel named in ``kernel``. Keys and
+values may have fewer heads than queries: grouped-query attention (Ainslie et al. 2023), multi-query
+when ``num_kv_heads == 1`` (Shazeer 2019). Positions are encoded by rotary embeddings (Su et al.
+2021, RoFormer) applied to q and k, or not at all (the model adds learned positions instead).
+
+The KV cache is a plain pytree ``{"k": [B, S, K, H], "v": [B, S, K, H]}`` passed in and returned,
+so decoding stays functional (no mutable Flax collections) and stacks naturally under ``nn.scan``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxgen.nn import kernels
+from jaxgen.nn.layers import Dtype, Initializer, Linear
+
+KVCache = dict  # {"k": [B, S, K, H], "v": [B, S, K, H]}
+
+
+def rope_tables(positions: jax.Array, head_dim: int, base: float = 10000.0) -> tuple[jax.Array, jax.Array]:
+    """(sin, cos), each float32 [T, head_dim // 2], of rotary angles ``pos * base^(-2i/H)``."""
+    if head_dim % 2:
+        raise ValueError(f"rotary embeddings need an even head dimension, got {head_dim}")
+    inv_freq = base ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+    angles = positions.astype(jnp.float32)[:, None] * inv_freq[None, :]
+    return jnp.sin(angles), jnp.cos(angles)
+
+
+def apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
+    """Rotates pairs (x[..., i], x[..., i + H/2]) of x [B, T, N, H] by the angles of position t.
+
+    The "rotate half" layout of GPT-NeoX / Llama: <rope(q, m), rope(k, n)> depends on m - n only.
+    """
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    s, c = sin[None, :, None, :], cos[None, :, None, :]
+    return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x.dtype)
+
+
+def init_cache(batch: int, length: int, num_kv_heads: int, head_dim: int,
+               dtype: Dtype = jnp.float32) -> KVCache:
+    """An empty (zero) cache for ``length`` positions."""
+    shape = (batch, length, num_kv_heads, head_dim)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+class SelfAttention(nn.Module):
+    """Causal multi-head self-attention, [B, T, D] -> [B, T, D].
+
+    The q, k and v projections are one fused [D, (N + 2K) H] matmul (one GEMM instead of three);
+    the output projection is [N H, D]. Call with ``cache=None`` for a full causal pass, or with a
+    cache and ``cache_index`` (int32 scalar: the position of x[:, 0]) to write this step's keys and
+    values at ``cache_index`` and attend over the cache with ``mask`` [T, S] (True = visible).
+
+    Attributes:
+      num_heads: N query heads. num_kv_heads: K key/value heads, N % K == 0.
+      head_dim: H. kernel: attention kernel name (see :data:`jaxgen.nn.kernels.KERNELS`).
+    """
+
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    use_bias: bool = False
+    kernel: str = "auto"
+    out_init: Initializer = nn.initializers.normal(0.02)
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, rope: Optional[tuple[jax.Array, jax.Array]] = None,
+                 cache: Optional[KVCache] = None, mask: Optional[jax.Array] = None,
+                 cache_index: Optional[jax.Array] = None) -> tuple[jax.Array, Optional[KVCache]]:
+        b, t, d = x.shape
+        n, k, h = self.num_heads, self.num_kv_heads, self.head_dim
+        if n % k:
+            raise ValueError(f"num_heads ({n}) must be a multiple of num_kv_heads ({k})")
+        kw = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+        qkv = Linear((n + 2 * k) * h, ("embed", "heads"), name="qkv", **kw)(x)
+        q, kk, v = jnp.split(qkv, [n * h, (n + k) * h], axis=-1)
+        q, kk, v = q.reshape(b, t, n, h), kk.reshape(b, t, k, h), v.reshape(b, t, k, h)
+        if rope is not None:
+            q, kk = apply_rope(q, *rope), apply_rope(kk, *rope)
+        if cache is None:
+            o = kernels.attention(q, kk, v, causal=True, kernel=self.kernel)
+            new_cache = None
+        else:
+            start = (0, cache_index, 0, 0)
+            new_cache = {"k": jax.lax.dynamic_update_slice(cache["k"], kk.astype(cache["k"].dtype), start),
+                         "v": jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)}
+            o = kernels.attention(q, new_cache["k"].astype(q.dtype), new_cache["v"].astype(q.dtype),
+                                  causal=False, mask=mask, kernel=self.kernel)
+        o = o.reshape(b, t, n * h)
+        return Linear(d, ("heads", "embed"), kernel_init=self.out_init, name="out", **kw)(o), new_cache

@@ -1,0 +1,250 @@
+"""The Transformer LM: KV-cache decoding, causality, scan vs unrolled, sampling, family."""
+import dataclasses
+import importlib.util
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from jaxgen.models.lm import (Greedy, LMConfig, Sample, Temperature, TopK, TopP, Transformer,
+                              generate, make_cache, make_family, make_strategy, mesh_param_specs)
+
+V = 13
+TINY = LMConfig(vocab_size=V, max_len=16, num_layers=2, num_heads=4, num_kv_heads=2, d_model=32,
+                attention_kernel="reference")
+
+
+def _params(cfg, seed=0):
+    init = jax.jit(Transformer(cfg).init)
+    return nn.meta.unbox(init(jax.random.PRNGKey(seed), jnp.zeros((1, 4), jnp.int32))["params"])
+
+
+_generate = jax.jit(generate, static_argnums=(0, 4), static_argnames=("max_new_tokens", "stop_token", "pad_token"))
+
+
+def _tokens(b, t, seed=1):
+    return jnp.asarray(np.random.default_rng(seed).integers(0, V, (b, t)), jnp.int32)
+
+
+@pytest.mark.parametrize("scan,positions", [(False, "rope"), (True, "learned")])
+def test_kv_cache_logits_equal_full_forward(scan, positions):
+    cfg = dataclasses.replace(TINY, scan_layers=scan, positions=positions)
+    model, params, tok = Transformer(cfg), _params(cfg), _tokens(2, 11)
+    full = jax.jit(model.apply)({"params": params}, tok)
+    cached = jax.jit(lambda p, t, c, i: model.apply({"params": p}, t, cache=c, cache_index=i))
+    logits, cache = cached(params, tok[:, :5], make_cache(cfg, 2, 12), jnp.int32(0))
+    steps = [logits]
+    for i in range(5, 11):
+        logits, cache = cached(params, tok[:, i:i + 1], cache, jnp.int32(i))
+        steps.append(logits)
+    np.testing.assert_allclose(np.asarray(jnp.concatenate(steps, 1)), np.asarray(full), atol=1e-5)
+
+
+def test_model_is_causal():
+    apply, params, tok = jax.jit(Transformer(TINY).apply), _params(TINY), _tokens(2, 10)
+    base = apply({"params": params}, tok)
+    changed = apply({"params": params}, tok.at[:, 6].set((tok[:, 6] + 1) % V))
+    np.testing.assert_allclose(np.asarray(base[:, :6]), np.asarray(changed[:, :6]), atol=1e-6)
+    assert float(jnp.abs(base[:, 6:] - changed[:, 6:]).min(axis=-1).max()) > 0
+
+
+def test_scan_equals_unrolled_and_remat_is_transparent():
+    unrolled = _params(TINY)
+    stacked = {k: v for k, v in unrolled.items() if not k.startswith("block_")}
+    stacked["layers"] = jax.tree.map(lambda *a: jnp.stack(a), unrolled["block_0"], unrolled["block_1"])
+    tok = _tokens(2, 9)
+    scanned = dataclasses.replace(TINY, scan_layers=True)
+    assert jax.tree.structure(stacked) == jax.tree.structure(_params(scanned))
+
+    def grads(cfg, p):  # gradients of a function of all the logits: checks the forward too
+        return jax.jit(jax.grad(lambda p: jnp.sum(jnp.sin(Transformer(cfg).apply({"params": p}, tok)))))(p)
+
+    ref = grads(TINY, unrolled)
+    ref = {**{k: v for k, v in ref.items() if not k.startswith("block_")},
+           "layers": jax.tree.map(lambda *a: jnp.stack(a), ref["block_0"], ref["block_1"])}
+    for cfg in (scanned, dataclasses.replace(scanned, remat="dots")):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), grads(cfg, stacked), ref)
+
+
+def test_config_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="num_kv_heads"):
+        LMConfig(vocab_size=V, num_heads=4, num_kv_heads=3)
+    with pytest.raises(ValueError, match="multiple of num_heads"):
+        LMConfig(vocab_size=V, d_model=30, num_heads=4)
+    with pytest.raises(ValueError, match="remat"):
+        LMConfig(vocab_size=V, remat="some")
+
+
+# ----------------------------------------------------------------------------- sampling
+def _draws(strategy, logits, n=4000):
+    keys = jax.random.split(jax.random.PRNGKey(0), n)
+    return np.asarray(jax.vmap(lambda k: strategy(logits, k))(keys))  # [n, B]
+
+
+def test_greedy_is_argmax():
+    logits = jax.random.normal(jax.random.PRNGKey(1), (5, V))
+    np.testing.assert_array_equal(np.asarray(Greedy()(logits, jax.random.PRNGKey(0))),
+                                  np.argmax(np.asarray(logits), -1))
+    assert isinstance(make_strategy(temperature=0.0), Greedy)
+
+
+def test_top_k_and_top_p_stay_in_their_sets():
+    logits = jax.random.normal(jax.random.PRNGKey(2), (3, V)) * 2
+    lg = np.asarray(logits, np.float64)
+    topk = {b: set(np.argsort(-lg[b])[:4]) for b in range(3)}
+    probs = np.exp(lg - lg.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    nucleus = {}
+    for b in range(3):  # smallest prefix of the sorted tokens with mass >= 0.6
+        order = np.argsort(-probs[b])
+        n = int(np.searchsorted(np.cumsum(probs[b][order]), 0.6) + 1)
+        nucleus[b] = set(order[:n])
+    for strategy, sets in [(Sample((TopK(4),)), topk), (Sample((TopP(0.6),)), nucleus),
+                           (make_strategy(temperature=0.7, top_k=4, top_p=0.6), None)]:
+        draws = _draws(strategy, logits)
+        for b in range(3):
+            allowed = sets[b] if sets is not None else topk[b] & _nucleus_at(lg[b] / 0.7, 0.6)
+            seen = set(draws[:, b].tolist())
+            assert seen <= allowed, (strategy, b, seen - allowed)
+            assert len(seen) == len(allowed)  # and every allowed token does get drawn
+
+
+def _nucleus_at(logits, p):
+    """The top-p set of the top-4-filtered distribution."""
+    keep = np.argsort(-logits)[:4]
+    z = np.exp(logits[keep] - logits[keep].max())
+    z /= z.sum()
+    n = int(np.searchsorted(np.cumsum(z), p) + 1)
+    return set(keep[:n])
+
+
+def test_temperature_scales_logits_and_sampling_matches_softmax():
+    logits = jnp.array([[0.0, 1.0, 2.0]])
+    np.testing.assert_allclose(np.asarray(Temperature(0.5)(logits)), [[0.0, 2.0, 4.0]])
+    freq = np.bincount(_draws(Sample(), logits, 8000)[:, 0], minlength=3) / 8000
+    np.testing.assert_allclose(freq, np.asarray(jax.nn.softmax(logits[0])), atol=0.02)
+    with pytest.raises(ValueError):
+        TopP(0.0)
+
+
+# ----------------------------------------------------------------------------- decoding
+def test_generate_greedy_matches_argmax_of_full_forward():
+    params, prompt = _params(TINY), _tokens(2, 3)
+    out = _generate(TINY, params, prompt, jax.random.PRNGKey(0), Greedy(), max_new_tokens=6)
+    assert out.shape == (2, 9)
+    np.testing.assert_array_equal(np.asarray(out[:, :3]), np.asarray(prompt))
+    logits = Transformer(TINY).apply({"params": params}, out[:, :-1])
+    np.testing.assert_array_equal(np.asarray(out[:, 3:]), np.argmax(np.asarray(logits[:, 2:]), -1))
+
+
+def test_stop_token_stops_and_pads():
+    params, prompt = _params(TINY, seed=3), _tokens(4, 2, seed=5)
+    strategy = Sample((Temperature(2.0),))
+    free = np.asarray(_generate(TINY, params, prompt, jax.random.PRNGKey(7), strategy, max_new_tokens=12))
+    stop = int(free[0, 4])  # a token the first row emits at its third new step
+    out = np.asarray(_generate(TINY, params, prompt, jax.random.PRNGKey(7), strategy, max_new_tokens=12,
+                              stop_token=stop, pad_token=V - 1 if stop != V - 1 else 0))
+    pad = V - 1 if stop != V - 1 else 0
+    for row_free, row in zip(free, out):
+        gen_free, gen = list(row_free[2:]), list(row[2:])
+        if stop in gen_free:
+            cut = gen_free.index(stop) + 1
+            assert gen[:cut] == gen_free[:cut]
+            assert all(t == pad for t in gen[cut:])
+        else:
+            assert gen == gen_free
+    assert stop in list(out[0, 2:5])
+
+
+def test_bad_prompts_raise_value_error():
+    params = _params(TINY)
+    with pytest.raises(ValueError, match="exceeds the model context"):
+        generate(TINY, params, _tokens(1, 10), jax.random.PRNGKey(0), Greedy(), max_new_tokens=7)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        generate(TINY, params, jnp.array([[1, V]]), jax.random.PRNGKey(0), Greedy(), max_new_tokens=2)
+
+
+# ----------------------------------------------------------------------------- family
+class CharTok:
+    vocab_size = V
+    def encode(self, s):
+        return [ord(ch) - ord("a") for ch in s]
+    def decode(self, ids):
+        return "".join(chr(ord("a") + i) for i in ids)
+
+
+def _recipe():
+    path = os.path.join(os.path.dirname(__file__), "..", "experiments", "lm_shakespeare_char.py")
+    spec = importlib.util.spec_from_file_location("lm_recipe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _smoke_family(**model):
+    c = _recipe().get_config("smoke")
+    c.model.attention_kernel = "reference"
+    c.sample.prompt = "ab"
+    c.train.steps = 30
+    for k, v in model.items():
+        c.model[k] = v
+    return c, make_family(c, {"kind": "text", "vocab_size": V, "tokenizer": CharTok(), "seq_len": 8})
+
+
+def test_recipe_variants_build():
+    recipe = _recipe()
+    for variant in recipe.VARIANTS:
+        c = recipe.get_config(variant)
+        assert c.family == "lm" and c.data.tokenizer == "char"
+        LMConfig.from_config(c.model, vocab_size=65, max_len=c.data.seq_len)
+    cpu = recipe.get_config("cpu")
+    assert (cpu.model.num_layers, cpu.model.num_heads, cpu.model.d_model, cpu.data.seq_len,
+            cpu.data.batch_size, cpu.train.steps) == (4, 4, 128, 64, 12, 2000)
+    with pytest.raises(ValueError, match="variant"):
+        recipe.get_config("tpu")
+
+
+def test_train_step_lowers_loss_and_eval_masks_padding(tmp_path):
+    c, fam = _smoke_family()
+    batch = {"tokens": np.asarray(_tokens(8, 9, seed=4))}
+    state = jax.jit(fam.init_state)(jax.random.PRNGKey(0), batch)
+    step = jax.jit(fam.train_step)
+    first = None
+    for _ in range(30):
+        state, metrics = step(state, batch)
+        first = float(metrics["loss"]) if first is None else first
+    assert float(metrics["loss"]) < first - 0.5
+
+    mask = np.array([1, 1, 1, 0, 0, 1, 0, 1], np.float32)
+    sums = jax.jit(fam.eval_step)(state, {**batch, "mask": mask})
+    assert float(sums["count"]) == 5 * 8
+    real = {"tokens": batch["tokens"][mask > 0], "mask": np.ones(5, np.float32)}
+    np.testing.assert_allclose(float(sums["loss_nats"]), float(jax.jit(fam.eval_step)(state, real)["loss_nats"]), rtol=1e-5)
+    np.testing.assert_allclose(float(sums["bpc"]), float(sums["loss_nats"]) / np.log(2), rtol=1e-6)
+
+    samples = jax.jit(fam.sample, static_argnums=2)(state, jax.random.PRNGKey(1), 3)
+    assert samples.shape == (3, 8) and np.all(np.asarray(samples[:, :2]) == [0, 1])
+    files = fam.save_samples(samples, str(tmp_path / "s.txt"))
+    assert open(files[0]).read().count("ab") >= 3
+
+
+def test_param_specs_follow_logical_axes():
+    cfg = dataclasses.replace(TINY, scan_layers=True)
+    specs = mesh_param_specs(cfg, {"fsdp": 2, "tensor": 2})
+    assert jax.tree.structure(specs, is_leaf=lambda x: isinstance(x, P)) == jax.tree.structure(_params(cfg))
+    assert specs["layers"]["attn"]["qkv"]["kernel"] == P(None, "fsdp", "tensor")
+    assert specs["layers"]["mlp"]["wo"]["kernel"] == P(None, "tensor", "fsdp")
+    assert specs["embedding"] == P(None, "fsdp")  # vocab 13 does not split over tensor=2
+    c, fam = _smoke_family()
+    abstract = jax.eval_shape(fam.init_state, jax.random.PRNGKey(0), {"tokens": np.zeros((2, 9), np.int32)})
+    assert jax.tree.structure(fam.param_specs(abstract.params), is_leaf=lambda x: isinstance(x, P)) \
+        == jax.tree.structure(abstract.params)
+
+
+def test_family_rejects_bad_sampling_config():
+    with pytest.raises(ValueError, match="no room in the model context"):
+        _smoke_family(max_len=2)
