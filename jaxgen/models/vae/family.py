@@ -1,0 +1,185 @@
+"""The VAE family: ``make_family(config, data_info) -> Family`` (see jaxgen.models.base).
+
+Training maximises the ELBO (or the IWAE bound) of :mod:`objective` on images
+``batch["image"]`` [B, H, W, C] in [0, 1]; evaluation reports the single-sample negative ELBO
+and its two terms; ``final_eval`` the IWAE bound of Burda et al. (2016) with ``eval.iwae_k``
+samples. When ``train.ema_decay > 0`` every evaluation and sample uses the EMA parameters.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgen.models.base import Family
+from jaxgen.models.vae import likelihoods
+from jaxgen.models.vae.augment import random_shift
+from jaxgen.models.vae.hparams import EvalConfig, VAEConfig
+from jaxgen.models.vae.modules import VAE
+from jaxgen.models.vae.objective import elbo_terms, iwae_bound, kl_weight, training_objective
+from jaxgen.train.images import save_image_grid
+from jaxgen.train.optim import OptimConfig, make_optimizer
+from jaxgen.train.state import TrainState, create_state
+from jaxgen.train.step import make_train_step
+
+
+def eval_params(state: TrainState) -> Any:
+    """The parameters evaluations use: the EMA when the state keeps one."""
+    return state.ema_params if state.ema_params is not None else state.params
+
+
+@dataclasses.dataclass(frozen=True)
+class VAEApply:
+    """A VAE module with its hyper-parameters: the pure functions every step is built from."""
+
+    cfg: VAEConfig
+
+    @property
+    def model(self) -> VAE:
+        return VAE(self.cfg)
+
+    def encode(self, params, x, train=False, rng=None):
+        """x [B, H, W, C] -> (mu, logvar) [B, D]."""
+        rngs = {"dropout": rng} if train and rng is not None else None
+        return self.model.apply(params, x, train, method=VAE.encode, rngs=rngs)
+
+    def decoder(self, params, train=False, rng=None):
+        """A function z [N, D] -> likelihood parameters [N, H, W, C, P]."""
+        rngs = {"dropout": rng} if train and rng is not None else None
+        return lambda z: self.model.apply(params, z, train, method=VAE.decode, rngs=rngs)
+
+    def mean_image(self, params, z):
+        """z [N, D] -> images [N, H, W, C] in [0, 1]."""
+        return likelihoods.mean(self.cfg.likelihood, self.decoder(params)(z))
+
+    def loss_fn(self, params, batch, rng, step):
+        """The training loss (mean over the batch of minus the objective) and its metrics."""
+        c = self.cfg
+        k_aug, k_enc, k_dec, k_z = jax.random.split(rng, 4)
+        x = random_shift(k_aug, batch["image"], c.shift)
+        mu, logvar = self.encode(params, x, True, k_enc)
+        scale = kl_weight(step, c.beta, c.kl_warmup_steps)
+        value, diag = training_objective(self.decoder(params, True, k_dec), c.likelihood, x, mu,
+                                         logvar, k_z, objective=c.objective,
+                                         num_samples=c.train_samples, kl_scale=scale)
+        metrics = {k: jnp.mean(v) for k, v in diag.items()}
+        metrics["kl_weight"] = scale
+        return -jnp.mean(value), metrics
+
+    def eval_sums(self, params, batch, key):
+        """Sums over valid examples of the single-sample -ELBO, -E log p(x|z) and KL."""
+        x, mask = batch["image"], batch["mask"]
+        mu, logvar = self.encode(params, x)
+        recon, kl = elbo_terms(self.decoder(params), self.cfg.likelihood, x, mu, logvar, key)
+        return {"neg_elbo_nats": jnp.sum((kl - recon) * mask), "recon_nats": jnp.sum(-recon * mask),
+                "kl_nats": jnp.sum(kl * mask), "count": jnp.sum(mask)}
+
+    def iwae_sums(self, params, x, mask, key, k, chunk):
+        """Sums over valid examples of the IWAE negative log-likelihood bound and of the -ELBO."""
+        mu, logvar = self.encode(params, x)
+        decode = self.decoder(params)
+        k_iwae, k_elbo = jax.random.split(key)
+        nll = -iwae_bound(decode, self.cfg.likelihood, x, mu, logvar, k_iwae, k, chunk)
+        recon, kl = elbo_terms(decode, self.cfg.likelihood, x, mu, logvar, k_elbo)
+        return {"nll": jnp.sum(nll * mask), "neg_elbo": jnp.sum((kl - recon) * mask),
+                "count": jnp.sum(mask)}
+
+
+def _valid_images(batch: dict) -> np.ndarray:
+    x = np.asarray(batch["image"], np.float32)
+    if "mask" in batch:
+        x = x[np.asarray(batch["mask"]) > 0]
+    return x
+
+
+def make_family(config: Any, data_info: dict) -> Family:
+    """Builds the VAE family for ``config`` (reads model, optim, train, eval) and image data."""
+    if data_info.get("kind", "image") != "image" or "shape" not in data_info:
+        raise ValueError(f"the VAE family needs image data with a 'shape', got kind "
+                         f"{data_info.get('kind')!r}")
+    cfg = VAEConfig.from_config(config.model, data_info["shape"])
+    ecfg = EvalConfig.from_config(config.get("eval"))
+    vae = VAEApply(cfg)
+    optim = dataclasses.replace(OptimConfig.from_config(config.optim),
+                                total_steps=int(config.train.steps))
+    tx = make_optimizer(optim)
+    ema_decay = float(config.train.get("ema_decay", 0.0))
+    if not 0.0 <= ema_decay < 1.0:
+        raise ValueError(f"train.ema_decay must be in [0, 1), got {ema_decay}")
+
+    def init_state(rng: jax.Array, sample_batch: dict) -> TrainState:
+        k_init, k_state = jax.random.split(rng)
+        x = jnp.zeros((1, *cfg.image_shape), jnp.float32)
+        params = vae.model.init({"params": k_init}, x)
+        return create_state(params, tx, k_state, ema=ema_decay > 0)
+
+    train_step = make_train_step(vae.loss_fn, tx, grad_accum=optim.grad_accum,
+                                 ema_decay=ema_decay if ema_decay > 0 else None)
+
+    def eval_step(state: TrainState, batch: dict) -> dict:
+        return vae.eval_sums(eval_params(state), batch, jax.random.PRNGKey(ecfg.seed))
+
+    def sample(state: TrainState, rng: jax.Array, n: int) -> jax.Array:
+        z = jax.random.normal(rng, (n, cfg.latent_dim))
+        return vae.mean_image(eval_params(state), z)
+
+    def save_samples(samples, path: str) -> list[str]:
+        return [save_image_grid(np.asarray(samples), path)]
+
+    # Compiled once here, so every batch of final_eval reuses the same executable.
+    iwae_batch = jax.jit(vae.iwae_sums, static_argnums=(4, 5))
+
+    def final_eval(state: TrainState, batches: Iterable[dict], k: int | None = None) -> dict:
+        k = int(k or ecfg.iwae_k)
+        params = eval_params(state)
+        totals = {"nll": 0.0, "neg_elbo": 0.0, "count": 0.0}
+        for i, batch in enumerate(batches):
+            x = jnp.asarray(batch["image"], jnp.float32)
+            mask = jnp.asarray(batch.get("mask", np.ones(x.shape[0], np.float32)), jnp.float32)
+            key = jax.random.fold_in(jax.random.PRNGKey(ecfg.seed), i)
+            sums = jax.device_get(iwae_batch(params, x, mask, key, k, ecfg.iwae_chunk))
+            for name in totals:
+                totals[name] += float(np.asarray(sums[name], np.float64))
+        n = totals["count"]
+        if n <= 0:
+            raise ValueError("final_eval got no examples")
+        return {"test_neg_elbo_nats": totals["neg_elbo"] / n, "test_nll_iwae_nats": totals["nll"] / n,
+                "iwae_k": k, "num_examples": int(n)}
+
+    @jax.jit
+    def _reconstruct(params, x):
+        mu, _ = vae.encode(params, x)
+        return vae.mean_image(params, mu)
+
+    @jax.jit
+    def _interpolate(params, xa, xb):
+        mu_a, _ = vae.encode(params, xa)
+        mu_b, _ = vae.encode(params, xb)
+        t = jnp.linspace(0.0, 1.0, 10)[None, :, None]
+        z = (1.0 - t) * mu_a[:, None] + t * mu_b[:, None]           # [R, 10, D]
+        return vae.mean_image(params, z.reshape(-1, cfg.latent_dim))
+
+    def visualize(state: TrainState, rng: jax.Array, batch: dict, path_prefix: str) -> list[str]:
+        """Writes ``<prefix>_reconstructions.png`` (each input left of its reconstruction) and
+        ``<prefix>_interpolations.png`` (rows: linear paths between two inputs' posterior means)."""
+        del rng  # deterministic: posterior means
+        params = eval_params(state)
+        x = _valid_images(batch)[:32]
+        if len(x) < 2:
+            raise ValueError("visualize needs a batch with at least 2 valid images")
+        recon = np.asarray(_reconstruct(params, jnp.asarray(x)))
+        pairs = np.stack([x, recon], axis=1).reshape(-1, *x.shape[1:])
+        rows = min(8, len(x) // 2)
+        interp = np.asarray(_interpolate(params, jnp.asarray(x[:rows]), jnp.asarray(x[rows:2 * rows])))
+        if jax.process_index() != 0:
+            return []
+        os.makedirs(os.path.dirname(os.path.abspath(path_prefix)), exist_ok=True)
+        return [save_image_grid(pairs, f"{path_prefix}_reconstructions.png", ncols=16),
+                save_image_grid(interp, f"{path_prefix}_interpolations.png", ncols=10)]
+
+    return Family("vae", init_state, train_step, eval_step, sample, save_samples,
+                  final_eval=final_eval, visualize=visualize)
