@@ -22,8 +22,10 @@ from jaxgen.nn.kernels.xla import cudnn_unusable_reason
 log = logging.getLogger(__name__)
 _logged: set[str] = set()
 
-CAUSAL_CHUNKED_MIN_T = 512
-CHUNKED_MIN_SCORES = 1024 * 1024
+# Measured (float32, B=4, N=8, H=64, shared 2-core CPU): chunked vs xla forward speed-up was
+# 1.3x causal / 0.93x full at T=256, 2.8x / 2.2x at T=512, 4.2x / 1.6x at T=2048.
+CAUSAL_CHUNKED_MIN_T = 256
+CHUNKED_MIN_SCORES = 512 * 512
 
 
 def _fallback(chosen: str, reason: str) -> str:
