@@ -9,8 +9,8 @@ Variants:
   speedrun  as fast as possible to val loss <= 1.88 on a CPU.
   smoke     tiny, a few steps (tests and CI).
 
-Data: ``data.path`` empty reads TFDS ``tiny_shakespeare``; ``--set data.path=FILE`` reads any
-local text file (the last ``val_fraction`` of it is the validation split).
+Data: TFDS ``tiny_shakespeare`` by default; ``--set data.source=text_file --set data.path=FILE``
+reads any local text file (the last ``val_fraction`` of it is the validation split).
 """
 from __future__ import annotations
 
@@ -51,13 +51,13 @@ def get_config(variant: str = "cpu") -> ml_collections.ConfigDict:
     c = base_config()
     c.family = "lm"
 
-    c.data.source = "text_file"
-    c.data.path = ""             # "": TFDS tiny_shakespeare; else a local text file
+    c.data.source = "tfds_text"  # --set data.source=text_file --set data.path=FILE: a local file
+    c.data.path = ""
     c.data.name = "tiny_shakespeare"
     c.data.tokenizer = "char"
     c.data.seq_len = 64
     c.data.val_fraction = 0.1
-    c.data.eval_batches = 20
+    c.data.eval_batches = 0      # 0: the whole validation split
     c.data.batch_size = 12
     c.data.eval_batch_size = 64
 

@@ -24,14 +24,14 @@ def _naive_mha(x, w_qkv, w_out, n, h):
 
 
 def _init(layer, x):
-    return nn.meta.unbox(layer.init(jax.random.PRNGKey(0), x)["params"])
+    return nn.meta.unbox(jax.jit(layer.init)(jax.random.PRNGKey(0), x)["params"])
 
 
 def test_mha_matches_naive_attention():
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 7, 16))
     layer = SelfAttention(num_heads=4, num_kv_heads=4, head_dim=4, kernel="reference")
     p = _init(layer, x)
-    y, cache = layer.apply({"params": p}, x)
+    y, cache = jax.jit(layer.apply)({"params": p}, x)
     assert cache is None and y.shape == x.shape
     ref = _naive_mha(x, p["qkv"]["kernel"], p["out"]["kernel"], 4, 4)
     np.testing.assert_allclose(np.asarray(y), ref, atol=1e-5)
@@ -48,8 +48,8 @@ def test_gqa_equals_mha_with_repeated_kv_weights():
     rep = lambda m: np.repeat(m.reshape(d, k, h), n // k, axis=1).reshape(d, n * h)
     mha = SelfAttention(num_heads=n, num_kv_heads=n, head_dim=h, kernel="reference")
     p_mha = {"qkv": {"kernel": jnp.asarray(np.concatenate([wq, rep(wk), rep(wv)], 1))}, "out": p["out"]}
-    y_gqa, _ = gqa.apply({"params": p}, x)
-    y_mha, _ = mha.apply({"params": p_mha}, x)
+    y_gqa, _ = jax.jit(gqa.apply)({"params": p}, x)
+    y_mha, _ = jax.jit(mha.apply)({"params": p_mha}, x)
     np.testing.assert_allclose(np.asarray(y_gqa), np.asarray(y_mha), atol=1e-5)
 
 
@@ -76,12 +76,12 @@ def test_cached_steps_equal_full_pass():
     layer = SelfAttention(num_heads=4, num_kv_heads=2, head_dim=4, kernel="reference")
     x = jax.random.normal(jax.random.PRNGKey(5), (2, 6, 16))
     p = _init(layer, x)
-    full, _ = layer.apply({"params": p}, x)
+    full, _ = jax.jit(layer.apply)({"params": p}, x)
+    step = jax.jit(lambda p, x, c, i: layer.apply({"params": p}, x, None, c, jnp.arange(8)[None, :] <= i, i))
     cache = init_cache(2, 8, 2, 4)
     outs = []
     for i in range(6):
-        mask = jnp.arange(8)[None, :] <= i
-        y, cache = layer.apply({"params": p}, x[:, i:i + 1], None, cache, mask, jnp.int32(i))
+        y, cache = step(p, x[:, i:i + 1], cache, jnp.int32(i))
         outs.append(y)
     np.testing.assert_allclose(np.asarray(jnp.concatenate(outs, 1)), np.asarray(full), atol=1e-5)
     assert float(jnp.abs(cache["k"][:, 6:]).max()) == 0.0  # nothing written past the last step

@@ -11,7 +11,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from jaxgen.models.lm import (Greedy, LMConfig, Sample, Temperature, TopK, TopP, Transformer,
-                              generate, make_cache, make_family, make_strategy, mesh_param_specs)
+                              generate, make_cache, make_family, make_strategy, mesh_param_specs,
+                              token_losses)
 
 V = 13
 TINY = LMConfig(vocab_size=V, max_len=16, num_layers=2, num_heads=4, num_kv_heads=2, d_model=32,
@@ -23,7 +24,8 @@ def _params(cfg, seed=0):
     return nn.meta.unbox(init(jax.random.PRNGKey(seed), jnp.zeros((1, 4), jnp.int32))["params"])
 
 
-_generate = jax.jit(generate, static_argnums=(0, 4), static_argnames=("max_new_tokens", "stop_token", "pad_token"))
+# stop_token and pad_token traced: every call below with the same shapes shares one compile
+_generate = jax.jit(generate, static_argnums=(0, 4), static_argnames=("max_new_tokens",))
 
 
 def _tokens(b, t, seed=1):
@@ -66,8 +68,9 @@ def test_scan_equals_unrolled_and_remat_is_transparent():
     ref = grads(TINY, unrolled)
     ref = {**{k: v for k, v in ref.items() if not k.startswith("block_")},
            "layers": jax.tree.map(lambda *a: jnp.stack(a), ref["block_0"], ref["block_1"])}
-    for cfg in (scanned, dataclasses.replace(scanned, remat="dots")):
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), grads(cfg, stacked), ref)
+    # scanned and rematerialised ("dots" policy) layers give the unrolled model's gradients
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
+                 grads(dataclasses.replace(scanned, remat="dots"), stacked), ref)
 
 
 def test_config_rejects_bad_shapes():
@@ -134,7 +137,7 @@ def test_temperature_scales_logits_and_sampling_matches_softmax():
 # ----------------------------------------------------------------------------- decoding
 def test_generate_greedy_matches_argmax_of_full_forward():
     params, prompt = _params(TINY), _tokens(2, 3)
-    out = _generate(TINY, params, prompt, jax.random.PRNGKey(0), Greedy(), max_new_tokens=6)
+    out = _generate(TINY, params, prompt, jax.random.PRNGKey(0), Greedy(), max_new_tokens=6, stop_token=-1)
     assert out.shape == (2, 9)
     np.testing.assert_array_equal(np.asarray(out[:, :3]), np.asarray(prompt))
     logits = Transformer(TINY).apply({"params": params}, out[:, :-1])
@@ -142,22 +145,22 @@ def test_generate_greedy_matches_argmax_of_full_forward():
 
 
 def test_stop_token_stops_and_pads():
-    params, prompt = _params(TINY, seed=3), _tokens(4, 2, seed=5)
-    strategy = Sample((Temperature(2.0),))
-    free = np.asarray(_generate(TINY, params, prompt, jax.random.PRNGKey(7), strategy, max_new_tokens=12))
-    stop = int(free[0, 4])  # a token the first row emits at its third new step
-    out = np.asarray(_generate(TINY, params, prompt, jax.random.PRNGKey(7), strategy, max_new_tokens=12,
-                              stop_token=stop, pad_token=V - 1 if stop != V - 1 else 0))
+    params, prompt = _params(TINY, seed=3), _tokens(2, 3, seed=5)
+    free = np.asarray(_generate(TINY, params, prompt, jax.random.PRNGKey(0), Greedy(), max_new_tokens=6,
+                                stop_token=-1))
+    stop = int(free[0, 4])  # the token the first row emits at its second new step
     pad = V - 1 if stop != V - 1 else 0
+    out = np.asarray(_generate(TINY, params, prompt, jax.random.PRNGKey(0), Greedy(), max_new_tokens=6,
+                               stop_token=stop, pad_token=pad))
     for row_free, row in zip(free, out):
-        gen_free, gen = list(row_free[2:]), list(row[2:])
+        gen_free, gen = list(row_free[3:]), list(row[3:])
         if stop in gen_free:
             cut = gen_free.index(stop) + 1
             assert gen[:cut] == gen_free[:cut]
             assert all(t == pad for t in gen[cut:])
         else:
             assert gen == gen_free
-    assert stop in list(out[0, 2:5])
+    assert out[0, 4] == stop and all(t == pad for t in out[0, 5:])
 
 
 def test_bad_prompts_raise_value_error():
@@ -183,6 +186,10 @@ def _recipe():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def fam_cfg(c):
+    return LMConfig.from_config(c.model, vocab_size=V, max_len=8)
 
 
 def _smoke_family(**model):
@@ -220,10 +227,14 @@ def test_train_step_lowers_loss_and_eval_masks_padding(tmp_path):
     assert float(metrics["loss"]) < first - 0.5
 
     mask = np.array([1, 1, 1, 0, 0, 1, 0, 1], np.float32)
-    sums = jax.jit(fam.eval_step)(state, {**batch, "mask": mask})
+    eval_step = jax.jit(fam.eval_step)
+    sums = eval_step(state, {**batch, "mask": mask})
     assert float(sums["count"]) == 5 * 8
-    real = {"tokens": batch["tokens"][mask > 0], "mask": np.ones(5, np.float32)}
-    np.testing.assert_allclose(float(sums["loss_nats"]), float(jax.jit(fam.eval_step)(state, real)["loss_nats"]), rtol=1e-5)
+    other = np.where(mask[:, None] > 0, batch["tokens"], (batch["tokens"] + 3) % V)  # new padding
+    np.testing.assert_allclose(float(eval_step(state, {"tokens": other, "mask": mask})["loss_nats"]),
+                               float(sums["loss_nats"]), rtol=1e-6)
+    losses = np.asarray(jax.jit(lambda p, t: token_losses(fam_cfg(c), p, t))(state.params, batch["tokens"]))
+    np.testing.assert_allclose(float(sums["loss_nats"]), losses[mask > 0].sum(), rtol=1e-5)
     np.testing.assert_allclose(float(sums["bpc"]), float(sums["loss_nats"]) / np.log(2), rtol=1e-6)
 
     samples = jax.jit(fam.sample, static_argnums=2)(state, jax.random.PRNGKey(1), 3)
