@@ -40,20 +40,25 @@ def _images(n, shape=(8, 8, 1), seed=0):
     return (templates[rng.integers(0, 3, n)] ^ flips).astype(np.float32)
 
 
-@pytest.mark.parametrize("arch", ["mlp", "conv"])
-@pytest.mark.parametrize("shape", [(28, 28, 1), (8, 8, 1), (7, 5, 3)])
-def test_variants_init_and_apply_on_any_image_shape(arch, shape):
-    for likelihood, p in (("bernoulli", 1), ("logistic", 2)):
-        cfg = VAEConfig(image_shape=shape, latent_dim=3, encoder=arch, decoder=arch, hidden=(16,),
-                        channels=(4, 8), dense=8, likelihood=likelihood)
-        model = VAE(cfg)
-        x = jnp.asarray(_images(2, shape))
-        params = jax.jit(model.init)(jax.random.PRNGKey(0), x)
-        mu, logvar = jax.jit(lambda p, x: model.apply(p, x, method=VAE.encode))(params, x)
-        assert mu.shape == logvar.shape == (2, 3)
-        out = jax.jit(lambda p, z: model.apply(p, z, method=VAE.decode))(params, jnp.zeros((5, 3)))
-        assert out.shape == (5, *shape, p)
-        assert np.all(np.isfinite(np.asarray(out)))
+@pytest.mark.parametrize("arch, shape, likelihood, p", [
+    ("mlp", (28, 28, 1), "bernoulli", 1), ("mlp", (7, 5, 3), "logistic", 2),
+    ("conv", (28, 28, 1), "bernoulli", 1), ("conv", (8, 8, 1), "logistic", 2)])
+def test_variants_init_and_apply_on_any_image_shape(arch, shape, likelihood, p):
+    cfg = VAEConfig(image_shape=shape, latent_dim=3, encoder=arch, decoder=arch, hidden=(16,),
+                    channels=(4, 8), dense=8, likelihood=likelihood)
+    model = VAE(cfg)
+    x = jnp.asarray(_images(2, shape))
+
+    @jax.jit
+    def run(x):
+        params = model.init(jax.random.PRNGKey(0), x)
+        return (model.apply(params, x, method=VAE.encode),
+                model.apply(params, jnp.zeros((5, 3)), method=VAE.decode))
+
+    (mu, logvar), out = run(x)
+    assert mu.shape == logvar.shape == (2, 3)
+    assert out.shape == (5, *shape, p)
+    assert np.all(np.isfinite(np.asarray(out)))
 
 
 def test_bad_model_config_is_a_clear_error():
@@ -65,7 +70,7 @@ def test_bad_model_config_is_a_clear_error():
         make_family(_config(), {"kind": "text", "vocab_size": 5})
 
 
-@pytest.mark.parametrize("arch, objective, samples", [("mlp", "elbo", 1), ("conv", "iwae", 3)])
+@pytest.mark.parametrize("arch, objective, samples", [("mlp", "iwae", 3), ("conv", "elbo", 1)])
 def test_training_lowers_the_loss_on_a_fixed_batch(arch, objective, samples):
     c = _config(encoder=arch, decoder=arch, objective=objective, train_samples=samples,
                 kl_warmup_steps=5)
@@ -79,7 +84,7 @@ def test_training_lowers_the_loss_on_a_fixed_batch(arch, objective, samples):
         losses.append(float(metrics["loss"]))
     assert int(state.step) == 20
     assert float(metrics["kl_weight"]) == 1.0
-    assert np.mean(losses[-3:]) < losses[0] - 5.0, losses
+    assert np.mean(losses[-3:]) < losses[0] - 2.0, losses   # flat (~44 nats) if nothing learns
 
 
 def test_eval_sums_ignore_padding_and_use_the_ema():
@@ -118,7 +123,7 @@ def test_final_eval_iwae_is_tighter_than_the_elbo():
 
 
 def test_sample_and_figures(tmp_path):
-    fam = make_family(_config(encoder="conv", decoder="conv"), {"kind": "image", "shape": (8, 8, 1)})
+    fam = make_family(_config(), {"kind": "image", "shape": (8, 8, 1)})
     x = _images(20)
     state = jax.jit(fam.init_state)(jax.random.PRNGKey(0), {"image": x})
     samples = jax.jit(fam.sample, static_argnums=2)(state, jax.random.PRNGKey(1), 6)
