@@ -127,7 +127,7 @@ def cmd_eval(args) -> int:
     _init_distributed(args)
     run, step, state = _restored_run(args)
     results = {"experiment": run.config.experiment, "step": int(step)}
-    results.update({f"eval_{k}": v for k, v in loop.evaluate(run, state).items()})
+    results.update(loop.evaluate(run, state))
     if run.family.final_eval is not None:
         results.update(run.family.final_eval(state, run.datasets.make_eval()))
     if run.family.visualize is not None:

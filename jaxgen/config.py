@@ -38,6 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.weight_decay = 0.0
     c.optim.clip_norm = 0.0
     c.optim.grad_accum = 1
+    c.optim.adam_lr = 1e-3       # muon only: the AdamW part's peak rate
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 1000

@@ -61,7 +61,7 @@ def test_train_eval_sample_and_foreign_workdir(toy_recipes, capsys):
     assert cli.main(["train", "toyexp", "--workdir", w, "--no-progress"]) == 0
     assert cli.main(["eval", "--workdir", w]) == 0
     out = capsys.readouterr().out
-    assert '"eval_mse"' in out and os.path.exists(os.path.join(w, "eval.json"))
+    assert '"mse"' in out and os.path.exists(os.path.join(w, "eval.json"))
     assert cli.main(["sample", "--workdir", w, "--num", "3", "--out", str(toy_recipes / "s.npy")]) == 0
     assert os.path.exists(toy_recipes / "s.npy")
     # Resuming a finished run with more steps continues from its checkpoint.

@@ -60,11 +60,19 @@ def _one_step(spec, devices, mesh, overrides=()):
     return state, metrics
 
 
-@pytest.mark.parametrize("spec", ["vae_mnist:smoke"])
-def test_sharded_step_equals_single_device_step(spec):
-    ref, ref_m = _one_step(spec, jax.devices()[:1], {"data": 1})
+SHAKESPEARE = "/work/shared/data/tinyshakespeare.txt"
+if not os.path.exists(SHAKESPEARE):
+    SHAKESPEARE = os.path.join(REPO, "..", "shared", "data", "tinyshakespeare.txt")
+
+
+@pytest.mark.parametrize("spec, overrides", [
+    ("vae_mnist:smoke", ()),
+    ("lm_shakespeare_char:smoke", (f"data.path={SHAKESPEARE}", "data.batch_size=16")),
+])
+def test_sharded_step_equals_single_device_step(spec, overrides):
+    ref, ref_m = _one_step(spec, jax.devices()[:1], {"data": 1}, overrides)
     for mesh in ({"data": 8}, {"data": 1, "fsdp": 8}, {"data": 2, "fsdp": 4}):
-        state, m = _one_step(spec, None, mesh)
+        state, m = _one_step(spec, None, mesh, overrides)
         np.testing.assert_allclose(float(m["loss"]), float(ref_m["loss"]), rtol=1e-5)
         for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref.params)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)

@@ -231,11 +231,11 @@ def test_train_step_lowers_loss_and_eval_masks_padding(tmp_path):
     sums = eval_step(state, {**batch, "mask": mask})
     assert float(sums["count"]) == 5 * 8
     other = np.where(mask[:, None] > 0, batch["tokens"], (batch["tokens"] + 3) % V)  # new padding
-    np.testing.assert_allclose(float(eval_step(state, {"tokens": other, "mask": mask})["loss_nats"]),
-                               float(sums["loss_nats"]), rtol=1e-6)
+    np.testing.assert_allclose(float(eval_step(state, {"tokens": other, "mask": mask})["val_loss"]),
+                               float(sums["val_loss"]), rtol=1e-6)
     losses = np.asarray(jax.jit(lambda p, t: token_losses(fam_cfg(c), p, t))(state.params, batch["tokens"]))
-    np.testing.assert_allclose(float(sums["loss_nats"]), losses[mask > 0].sum(), rtol=1e-5)
-    np.testing.assert_allclose(float(sums["bpc"]), float(sums["loss_nats"]) / np.log(2), rtol=1e-6)
+    np.testing.assert_allclose(float(sums["val_loss"]), losses[mask > 0].sum(), rtol=1e-5)
+    np.testing.assert_allclose(float(sums["bpc"]), float(sums["val_loss"]) / np.log(2), rtol=1e-6)
 
     samples = jax.jit(fam.sample, static_argnums=2)(state, jax.random.PRNGKey(1), 3)
     assert samples.shape == (3, 8) and np.all(np.asarray(samples[:, :2]) == [0, 1])

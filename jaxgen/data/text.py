@@ -76,7 +76,8 @@ def load_text(data: Any) -> str:
     """Dispatches on ``data.source`` (one of :data:`TEXT_SOURCES`)."""
     src = data.source
     max_chars = int(data.get("max_chars", 0))
-    if src == "text_file":
+    if src == "text_file" or (src == "tfds_text" and data.get("path")):
+        # A local file named by data.path wins over TFDS (same text, no preparation needed).
         if not data.get("path"):
             raise ValueError("data.source='text_file' needs data.path=FILE")
         text = read_text_file(data.path)

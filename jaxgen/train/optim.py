@@ -29,6 +29,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     clip_norm: float = 0.0       # 0 disables global-norm clipping
     grad_accum: int = 1          # micro-batches per update (see train.step)
+    adam_lr: float = 1e-3        # muon only: peak rate of the AdamW part (non-matrix params)
 
     @classmethod
     def from_config(cls, cfg: Any) -> "OptimConfig":
@@ -72,8 +73,11 @@ def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
         opt = optax.adam(sched, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
     elif cfg.name == "muon":
         # Muon (Jordan et al. 2024) on matrices, AdamW on the rest; as in modded-nanogpt.
+        # Adam gets its own schedule (Muon's ~0.02 would blow Adam up) and the same decay.
+        adam_sched = make_schedule(dataclasses.replace(cfg, lr=cfg.adam_lr))
         opt = optax.contrib.muon(sched, adam_b1=cfg.b1, adam_b2=cfg.b2, eps=cfg.eps,
-                                 weight_decay=cfg.weight_decay, weight_decay_mask=_decay_mask)
+                                 weight_decay=cfg.weight_decay, weight_decay_mask=_decay_mask,
+                                 adam_learning_rate=adam_sched, adam_weight_decay=cfg.weight_decay)
     else:
         raise ValueError(f"unknown optimizer {cfg.name!r} (use 'adamw', 'adam' or 'muon')")
     parts: list[optax.GradientTransformation] = []

@@ -111,7 +111,7 @@ def make_family(config: Any, data_info: dict) -> Family:
         losses = token_losses(cfg, state.params, batch["tokens"])
         mask = batch["mask"].astype(jnp.float32)[:, None] * jnp.ones_like(losses)
         total = jnp.sum(losses * mask)
-        return {"loss_nats": total, bits_key: total / math.log(2), "count": jnp.sum(mask)}
+        return {"val_loss": total, bits_key: total / math.log(2), "count": jnp.sum(mask)}
 
     def sample(state, rng, n):
         prompts = jnp.asarray(np.repeat(prompt, n, axis=0))
