@@ -49,15 +49,14 @@ def test_corrupt_latest_checkpoint_falls_back_with_warning(tmp_path, caplog):
     _train(config, tmp_path / "w")
     ckpt_dir = tmp_path / "w" / "checkpoints"
     assert sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit()) == [3, 6]
-    # Half-write the latest checkpoint: truncate every array data file of step 6.
+    # Half-write the latest checkpoint: truncate every file of step 6's state to half its size.
     damaged = 0
     for root, _, files in os.walk(ckpt_dir / "6" / "state"):
         for f in files:
             path = os.path.join(root, f)
-            if "d" in root.split(os.sep)[-1:] or f.startswith("ocdbt") or "/d/" in path + "/":
-                with open(path, "r+b") as fh:
-                    fh.truncate(max(os.path.getsize(path) // 2, 0))
-                damaged += 1
+            with open(path, "r+b") as fh:
+                fh.truncate(os.path.getsize(path) // 2)
+            damaged += 1
     assert damaged
     run = loop.build(config, datasets=toy.toy_datasets(config))
     with caplog.at_level(logging.WARNING, logger="jaxgen"):

@@ -84,8 +84,8 @@ class AE(nn.Module):
 
 def make_family(config, data_info) -> Family:
     model = AE(noise=config.model.get("noise", 0.01))
-    tx = make_optimizer(OptimConfig.from_config(config.optim).__class__(
-        **{**dataclasses.asdict(OptimConfig.from_config(config.optim)), "total_steps": config.train.steps}))
+    tx = make_optimizer(dataclasses.replace(OptimConfig.from_config(config.optim),
+                                            total_steps=int(config.train.steps)))
 
     def loss_fn(params, batch, rng, step):
         err = model.apply(params, batch["x"], rng) - batch["x"]
