@@ -32,7 +32,7 @@ def _quiet_libraries() -> None:
         absl.logging.set_verbosity(absl.logging.ERROR)
     except ImportError:
         pass
-    logging.basicConfig(level=logging.WARNING, format="jaxgen: %(levelname)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="jaxgen: %(levelname)s: %(message)s", force=True)
     logging.getLogger("jaxgen").setLevel(logging.INFO)
 
 
@@ -89,7 +89,7 @@ def _init_distributed(args) -> None:
 
 def cmd_train(args) -> int:
     from jaxgen import experiments
-    from jaxgen.train import loop
+    from jaxgen.train import host, loop
 
     config = experiments.get_config(args.experiment)
     workdir = args.workdir or os.path.join("workdirs", config.experiment.replace(":", "_")
@@ -101,6 +101,7 @@ def cmd_train(args) -> int:
         config = stored
         config.lock()
     experiments.apply_overrides(config, args.overrides)
+    host.configure_cpu_host(config, distributed=bool(args.coordinator))
     _init_distributed(args)
     loop.train(config, workdir, progress=not args.no_progress)
     print(f"trained {config.experiment} to step {config.train.steps} in {workdir}")
@@ -109,11 +110,12 @@ def cmd_train(args) -> int:
 
 def _restored_run(args):
     from jaxgen import experiments
-    from jaxgen.train import loop
+    from jaxgen.train import host, loop
 
     config = loop.load_config(args.workdir)
     config.lock()
     experiments.apply_overrides(config, args.overrides)
+    host.configure_cpu_host(config, distributed=bool(getattr(args, "coordinator", None)))
     run = loop.build(config)
     step, state = loop.restore_latest(run, args.workdir)
     return run, step, state

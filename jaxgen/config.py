@@ -39,6 +39,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.clip_norm = 0.0
     c.optim.grad_accum = 1
     c.optim.adam_lr = 1e-3       # muon only: the AdamW part's peak rate
+    c.optim.muon_exclude = "embedding,head"  # muon only: matrices (by key name) left to AdamW
+    c.optim.muon_ns_steps = 5    # muon only: Newton-Schulz iterations per update
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 1000
@@ -55,6 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.data = -1             # -1: all devices not used by the other axes
     c.mesh.fsdp = 1              # >1 shards parameters and optimizer state (ZeRO-3 style)
     c.mesh.tensor = 1
+    c.mesh.cpu_devices = 0       # CPU-only hosts: 0 = one device per core (jaxgen.train.host)
 
     c.eval = ml_collections.ConfigDict()
     return c

@@ -206,10 +206,19 @@ def _log_step(writer, bar, step, metrics, t_last, step_last, batch_size):
     return now, step
 
 
+def _phase_seconds(t: dict[str, float]) -> dict[str, float]:
+    """Wall seconds of the phases of :func:`train`: set-up (build, restore or init), the step
+    loop (compiles and checkpoints included), the final evaluation and the final samples."""
+    return {"setup_s": t["loop"] - t["start"], "loop_s": t["eval"] - t["loop"],
+            "eval_s": t["samples"] - t["eval"], "samples_s": t["end"] - t["samples"],
+            "total_s": t["end"] - t["start"]}
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, *, devices: Optional[list] = None,
           datasets: Any = None, interrupt_at: Optional[int] = None, progress: bool = True) -> Any:
     """Trains (or resumes) the experiment ``config`` in ``workdir``; returns the final state."""
     # --- set-up: workdir, mesh, data, family, compiled steps
+    timings = {"start": time.perf_counter()}
     check_workdir(workdir, config)
     run = build(config, devices, datasets)
     tc = config.train
@@ -236,7 +245,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, devices: Optional[
 
     # --- the loop: metrics of a log step are fetched after the next step is dispatched
     pending = None
-    t_last, step_last = time.perf_counter(), start
+    timings["loop"] = t_last = time.perf_counter()
+    step_last = start
     step = start
     try:
         with _StopSignal() as stop:
@@ -268,9 +278,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, devices: Optional[
 
         # --- end of training: evaluation and samples
         if start < total:
+            timings["eval"] = time.perf_counter()
             writer.write(total, evaluate(run, state), "eval")
+            timings["samples"] = time.perf_counter()
             write_samples(run, state, jax.random.PRNGKey(total), int(tc.num_samples),
                           _sample_path(run, workdir, total))
+            timings["end"] = time.perf_counter()
+            phases = _phase_seconds(timings)
+            writer.write(total, phases, "time")
+            log.info("wall seconds: " + ", ".join(f"{k[:-2]} {v:.1f}" for k, v in phases.items()))
         return state
     finally:
         bar.close()
