@@ -6,9 +6,9 @@ flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:
     os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
 
-# Head-room in XLA:CPU's thread pools for 8 devices that block in in-process collectives
-# (see jaxgen.train.host).
-os.environ.setdefault("NPROC", "32")
+from jaxgen.train.host import reserve_pool_threads  # noqa: E402  (imports no JAX backend)
+
+reserve_pool_threads(8)  # head-room for 8 devices blocking in in-process collectives
 
 import jax  # noqa: E402
 

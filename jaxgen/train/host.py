@@ -57,6 +57,19 @@ def choose_cpu_devices(cores: int, batch_sizes: tuple[int, ...], data: int = -1,
     return 1
 
 
+def reserve_pool_threads(devices: int) -> None:
+    """Gives XLA:CPU's thread pools two threads per device (``NPROC``, unless already set).
+
+    XLA:CPU sizes its pools by NPROC (default: the core count). A device blocked in an
+    in-process all-reduce holds a pool thread while it waits for its peers; with a pool no larger
+    than the core count the runs stalled (2 devices on 2 cores: every run of 6 within a few
+    hundred steps of the LM, with or without async dispatch; a 3-thread run also died). With two
+    threads per device, 3,000 steps ran without a stall; the extra threads cost about 10% of step
+    time. Must run before the backend exists.
+    """
+    os.environ.setdefault("NPROC", str(max(available_cores(), 2 * devices)))
+
+
 def _accelerator_installed() -> bool:
     platforms = os.environ.get("JAX_PLATFORMS", "")
     if platforms:
@@ -74,7 +87,7 @@ def configure_cpu_host(config: Any, *, distributed: bool = False) -> Optional[in
     """
     from jax._src import xla_bridge
 
-    requested = int(config.mesh.get("cpu_devices", 0))
+    requested = setting = int(config.mesh.get("cpu_devices", 0))
     if requested < 0:
         raise ValueError(f"mesh.cpu_devices must be >= 0 (0: automatic), got {requested}")
     flags = os.environ.get("XLA_FLAGS", "")
@@ -82,7 +95,7 @@ def configure_cpu_host(config: Any, *, distributed: bool = False) -> Optional[in
         return None
     forced = re.search(r"xla_force_host_platform_device_count=(\d+)", flags)
     if forced:  # the user chose the devices; still give the thread pools their head-room
-        os.environ.setdefault("NPROC", str(max(available_cores(), 2 * int(forced.group(1)))))
+        reserve_pool_threads(int(forced.group(1)))
         return None
     if requested == 0:
         if distributed:
@@ -95,15 +108,9 @@ def configure_cpu_host(config: Any, *, distributed: bool = False) -> Optional[in
     import jax
 
     jax.config.update("jax_num_cpu_devices", requested)
-    # XLA:CPU sizes its thread pools by NPROC (default: the core count). A device blocked in an
-    # in-process all-reduce holds a pool thread while it waits for its peers; with a pool no
-    # larger than the core count, the peers' work can be left queued behind the blocked threads
-    # and the run deadlocks (seen within a few hundred steps of the LM with 2 devices on 2
-    # cores, 4 runs in 4; again with 3 threads). With two threads per device, 3,000 steps ran
-    # without a stall. The extra threads cost about 10% of step time.
-    os.environ.setdefault("NPROC", str(max(available_cores(), 2 * requested)))
+    reserve_pool_threads(requested)
     if requested >= available_cores() and "xla_cpu_multi_thread_eigen" not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false".strip()
     log.info("CPU host split into %d devices for data parallelism (mesh.cpu_devices=%s)",
-             requested, int(config.mesh.get("cpu_devices", 0)))
+             requested, setting)
     return requested

@@ -94,8 +94,9 @@ def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
         # Muon (Jordan et al. 2024) on matrices, AdamW on the rest; as in modded-nanogpt.
         # Adam gets its own schedule (Muon's ~0.02 would blow Adam up) and the same decay.
         adam_sched = make_schedule(dataclasses.replace(cfg, lr=cfg.adam_lr))
-        opt = optax.contrib.muon(sched, ns_steps=cfg.muon_ns_steps, adam_b1=cfg.b1, adam_b2=cfg.b2, eps=cfg.eps,
-                                 weight_decay=cfg.weight_decay, weight_decay_mask=_decay_mask,
+        opt = optax.contrib.muon(sched, ns_steps=cfg.muon_ns_steps, adam_b1=cfg.b1,
+                                 adam_b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                                 weight_decay_mask=_decay_mask,
                                  adam_learning_rate=adam_sched, adam_weight_decay=cfg.weight_decay,
                                  muon_weight_dimension_numbers=lambda p: muon_dimension_numbers(
                                      p, cfg.muon_exclude))
