@@ -34,11 +34,11 @@ def main() -> None:
     os.environ["XLA_FLAGS"] = flags.strip()
 
     import jax
-    from jaxgen import experiments
+    from jaxgen import experiments, models
     from jaxgen.train import loop, mesh as mesh_lib
 
     config = experiments.apply_overrides(experiments.get_config(args.experiment), args.overrides)
-    run = loop.build(config, devices=jax.devices()[:args.devices])
+    run = loop.build(config, devices=jax.devices()[:args.devices], family=models.make_family)
     it = iter(run.datasets.train)
     first = next(it)
     state = loop.init_state(run, first)

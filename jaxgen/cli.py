@@ -1,8 +1,12 @@
 """The ``jaxgen`` command: train, sample and evaluate the experiments in ``experiments/``.
 
-Errors the user can fix (an unknown experiment or config key, a value of the wrong type, a
-missing dataset, a workdir of another experiment) end with one line on stderr and exit status 2.
-Set ``JAXGEN_DEBUG=1`` to see the traceback instead.
+Exit statuses: 0 done; 2 a mistake the user can fix (an unknown experiment or config key, a
+value of the wrong type, a missing dataset, a workdir of another experiment, a config change a
+checkpoint cannot take), one line on stderr; 1 the run cannot go on (every checkpoint damaged, a
+non-finite loss), one line, or a bug, with its traceback; 75 (EX_TEMPFAIL) a run stopped by
+SIGTERM or Ctrl-C after saving its current step: run the same command again to resume (a
+scheduler should requeue it); 130 interrupted before anything could be saved.
+Set ``JAXGEN_DEBUG=1`` to see the traceback of a one-line error.
 """
 from __future__ import annotations
 
@@ -94,6 +98,8 @@ def cmd_train(args) -> int:
     config = experiments.get_config(args.experiment)
     workdir = args.workdir or os.path.join("workdirs", config.experiment.replace(":", "_")
                                            .removesuffix("_default"))
+    from jaxgen import models
+
     loop.check_workdir(workdir, config)
     if os.path.exists(os.path.join(workdir, "config.json")):
         # Resuming: the workdir's own config is the base, so a resumed run continues exactly.
@@ -103,20 +109,42 @@ def cmd_train(args) -> int:
     experiments.apply_overrides(config, args.overrides)
     host.configure_cpu_host(config, distributed=bool(args.coordinator))
     _init_distributed(args)
-    loop.train(config, workdir, progress=not args.no_progress)
+    try:
+        loop.train(config, workdir, family=models.make_family, progress=not args.no_progress)
+    except loop.Preempted as e:
+        print(f"jaxgen train: {e}", file=sys.stderr)
+        return loop.PREEMPTED_EXIT_STATUS
     print(f"trained {config.experiment} to step {config.train.steps} in {workdir}")
     return 0
+
+
+# Keys ``jaxgen eval --set`` and ``jaxgen sample --set`` may change: they do not alter the
+# trained state, so the workdir's checkpoints stay valid.
+READ_ONLY_OVERRIDES = ("eval.", "sample.", "data.eval_batch_size")
+
+
+def _check_read_only_overrides(command: str, overrides: list[str]) -> None:
+    from jaxgen.errors import UsageError
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if not key.startswith(READ_ONLY_OVERRIDES):
+            raise UsageError(f"--set {key}: jaxgen {command} only takes evaluation and sampling "
+                             f"settings (eval.*, sample.*, data.eval_batch_size); a model or "
+                             f"training change needs jaxgen train")
 
 
 def _restored_run(args):
     from jaxgen import experiments
     from jaxgen.train import host, loop
 
+    from jaxgen import models
+
+    _check_read_only_overrides(args.command, args.overrides)
     config = loop.load_config(args.workdir)
     config.lock()
     experiments.apply_overrides(config, args.overrides)
     host.configure_cpu_host(config, distributed=bool(getattr(args, "coordinator", None)))
-    run = loop.build(config)
+    run = loop.build(config, family=models.make_family)
     step, state = loop.restore_latest(run, args.workdir)
     return run, step, state
 
@@ -124,14 +152,20 @@ def _restored_run(args):
 def cmd_eval(args) -> int:
     import jax
 
+    from jaxgen.train import evaluate as evaluate_lib
     from jaxgen.train import loop
 
+    log = logging.getLogger("jaxgen")
     _init_distributed(args)
     run, step, state = _restored_run(args)
     results = {"experiment": run.config.experiment, "step": int(step)}
-    results.update(loop.evaluate(run, state))
+    results.update(loop.evaluate(run, state, samples=False))
     if run.family.final_eval is not None:
         results.update(run.family.final_eval(state, run.datasets.make_eval()))
+    if evaluate_lib.sample_reference(run) is not None:
+        log.info("scoring %d samples (eval.num_samples) with the LeNet feature network",
+                 int(run.config.eval.get("num_samples", 1000)))
+        results.update(evaluate_lib.sample_metrics(run, state))
     if run.family.visualize is not None:
         batch = next(iter(run.datasets.make_eval()))
         run.family.visualize(state, jax.random.PRNGKey(0), batch,
@@ -161,8 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _quiet_libraries()
     commands = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample}
+    from jaxgen.errors import RunError
     try:
         return commands[args.command](args)
+    except RunError as e:
+        if os.environ.get("JAXGEN_DEBUG"):
+            raise
+        print(f"jaxgen {args.command}: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
     except USAGE_ERRORS as e:
         if os.environ.get("JAXGEN_DEBUG"):
             raise

@@ -51,6 +51,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.sample_every = 0     # 0: samples only at the end
     c.train.num_samples = 64
     c.train.ema_decay = 0.0      # 0 disables the EMA of parameters
+    c.train.ema_warmup = False   # decay min(ema_decay, (1+t)/(10+t)) at update t
+    c.train.nonfinite = "stop"   # NaN/Inf loss or gradients: "stop" (save, exit) or "skip"
     c.train.async_ckpt = True
 
     c.mesh = ml_collections.ConfigDict()
@@ -60,4 +62,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.cpu_devices = 0       # CPU-only hosts: 0 = one device per core (jaxgen.train.host)
 
     c.eval = ml_collections.ConfigDict()
+    c.eval.sample_metrics = False  # also score samples (jaxgen.eval) at every periodic eval
+    c.eval.num_samples = 1000      # samples that jaxgen eval and sample_metrics score
+    c.eval.sample_seed = 0
+    c.eval.sample_batch = 0        # draw the eval samples in chunks of this many (0: at once)
+
+    c.sample = ml_collections.ConfigDict()  # the family's sampler settings (sample_options)
     return c

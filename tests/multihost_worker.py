@@ -25,7 +25,7 @@ config = toy.toy_config(steps=4)
 config.mesh.data = 2
 config.mesh.fsdp = 2
 assert jax.device_count() == 4 and jax.process_count() == 2
-state = loop.train(config, workdir, datasets=toy.toy_datasets(config, pid, 2), progress=False)
+state = loop.train(config, workdir, family=toy.make_family, datasets=toy.toy_datasets(config, pid, 2), progress=False)
 kernel = state.params["params"]["Dense_0"]["kernel"]
 gathered = jax.jit(lambda x: x, out_shardings=jax.sharding.NamedSharding(
     kernel.sharding.mesh, jax.sharding.PartitionSpec()))(kernel)

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxgen import experiments
+from jaxgen import experiments, models
 from jaxgen.train import loop, mesh as mesh_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,7 +53,7 @@ def test_cli_bad_input_exit_2(tmp_path, args, message):
 def _one_step(spec, devices, mesh, overrides=()):
     config = experiments.get_config(spec)
     experiments.apply_overrides(config, [f"mesh.{k}={v}" for k, v in mesh.items()] + list(overrides))
-    run = loop.build(config, devices)
+    run = loop.build(config, devices, family=models.make_family)
     batch = next(run.datasets.train)
     state = loop.init_state(run, batch)
     state, metrics = run.train_step(state, mesh_lib.global_batch(batch, run.batch_sharding))
@@ -84,9 +84,9 @@ def test_sharded_step_equals_single_device_step(spec, overrides):
 def test_vae_killed_run_resumes_bit_identical(tmp_path):
     config = experiments.get_config("vae_mnist:smoke")
     experiments.apply_overrides(config, ["train.steps=8", "train.ckpt_every=3", "train.async_ckpt=true"])
-    whole = loop.train(config, str(tmp_path / "a"), progress=False)
+    whole = loop.train(config, str(tmp_path / "a"), family=models.make_family, progress=False)
     with pytest.raises(loop.Interrupted):
-        loop.train(config, str(tmp_path / "b"), progress=False, interrupt_at=5)
-    resumed = loop.train(config, str(tmp_path / "b"), progress=False)
+        loop.train(config, str(tmp_path / "b"), family=models.make_family, progress=False, interrupt_at=5)
+    resumed = loop.train(config, str(tmp_path / "b"), family=models.make_family, progress=False)
     for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

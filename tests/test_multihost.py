@@ -43,7 +43,7 @@ def test_two_process_run_equals_single_process(tmp_path, monkeypatch):
     monkeypatch.setitem(models.FAMILIES, "toy", "toy")
     config = toy.toy_config(steps=4)
     config.mesh.data = 1
-    ref = loop.train(config, str(tmp_path / "one"), datasets=toy.toy_datasets(config),
+    ref = loop.train(config, str(tmp_path / "one"), family=toy.make_family, datasets=toy.toy_datasets(config),
                      devices=jax.devices()[:1], progress=False)
     np.testing.assert_allclose(np.load(out), np.asarray(ref.params["params"]["Dense_0"]["kernel"]),
                                rtol=1e-5, atol=1e-6)

@@ -18,7 +18,7 @@ def _register_toy(monkeypatch):
 
 
 def _train(config, workdir, **kw):
-    return loop.train(config, str(workdir), datasets=toy.toy_datasets(config), progress=False, **kw)
+    return loop.train(config, str(workdir), family=toy.make_family, datasets=toy.toy_datasets(config), progress=False, **kw)
 
 
 def _max_diff(a, b):
@@ -58,11 +58,11 @@ def test_corrupt_latest_checkpoint_falls_back_with_warning(tmp_path, caplog):
                 fh.truncate(os.path.getsize(path) // 2)
             damaged += 1
     assert damaged
-    run = loop.build(config, datasets=toy.toy_datasets(config))
+    run = loop.build(config, family=toy.make_family, datasets=toy.toy_datasets(config))
     with caplog.at_level(logging.WARNING, logger="jaxgen"):
         step, state = loop.restore_latest(run, str(tmp_path / "w"))
     assert step == 3
-    assert "step 6" in caplog.text and "corrupt" in caplog.text
+    assert "step 6" in caplog.text and "damaged" in caplog.text
     assert int(state.step) == 3
 
 
@@ -124,6 +124,8 @@ def test_sigterm_saves_and_exits(tmp_path):
 
     datasets.train.__class__ = type("Preempting", (toy.ToyIterator,),
                                     {"__next__": lambda self: next_and_preempt()})
-    state = loop.train(config, str(tmp_path / "w"), datasets=datasets, progress=False)
-    assert int(state.step) == 5
+    with pytest.raises(loop.Preempted) as info:
+        loop.train(config, str(tmp_path / "w"), family=toy.make_family, datasets=datasets, progress=False)
+    state = info.value.state
+    assert int(state.step) == 5 and info.value.step == 5 and info.value.signal_name == "SIGTERM"
     assert sorted(int(d) for d in os.listdir(tmp_path / "w" / "checkpoints") if d.isdigit()) == [5]

@@ -100,7 +100,7 @@ def make_family(config, data_info) -> Family:
         err = model.apply(state.params, batch["x"], jax.random.PRNGKey(0)) - batch["x"]
         return {"mse": jnp.sum(jnp.sum(err ** 2, -1) * batch["mask"]), "count": batch["mask"].sum()}
 
-    def sample(state, rng, n):
+    def sample(state, rng, n, options=None):
         return jax.random.normal(rng, (n, DIM))
 
     def save_samples(samples, path):

@@ -91,8 +91,42 @@ def train_iterator(num_examples: int, make_batch: Callable[[np.ndarray], Batch],
         ids_of = lambda b: b * batch_size + np.arange(batch_size, dtype=np.int64)  # noqa: E731
     ds = grain.MapDataset.range(sys.maxsize // (2 * batch_size))
     ds = ds.map(lambda b: make_batch(ids_of(int(b))[lo:lo + per]))
-    options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)
-    return iter(ds.to_iter_dataset(options))
+    return StepIndexedIterator(ds)
+
+
+class StepIndexedIterator:
+    """The train iterator: batch ``b`` of a Grain ``MapDataset`` indexed by global batch number.
+
+    Its position is the number of batches drawn, which is the training step, so a restored run
+    calls ``seek(step)`` and the checkpoint needs no per-process data state (it resumes on any
+    number of processes). ``get_state``/``set_state`` give the same position as a dict.
+    """
+
+    def __init__(self, dataset: Any, position: int = 0):
+        self._dataset = dataset
+        self.seek(position)
+
+    def seek(self, position: int) -> None:
+        """Makes the next batch global batch number ``position``."""
+        if position < 0:
+            raise ValueError(f"data position must be >= 0, got {position}")
+        self.position = int(position)
+        options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)
+        self._it = iter(self._dataset[self.position:].to_iter_dataset(options))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Batch:
+        batch = next(self._it)
+        self.position += 1
+        return batch
+
+    def get_state(self) -> dict:
+        return {"position": self.position}
+
+    def set_state(self, state: dict) -> None:
+        self.seek(int(state["position"]))
 
 
 def eval_iterator(num_examples: int, make_batch: Callable[[np.ndarray], Batch], batch_size: int,
@@ -127,7 +161,10 @@ def image_datasets(data: Any, process_index: int, process_count: int) -> Dataset
     train = train_iterator(len(splits.train_images), train_make, int(data.batch_size),
                            int(data.seed), process_index, process_count)
     info = {"kind": "image", "shape": tuple(int(s) for s in splits.train_images.shape[1:]),
-            "num_train": len(splits.train_images), "num_eval": len(splits.eval_images)}
+            "num_train": len(splits.train_images), "num_eval": len(splits.eval_images),
+            "num_classes": int(max(splits.train_labels.max(initial=-1),
+                                   splits.eval_labels.max(initial=-1)) + 1),
+            "source": str(data.get("source", ""))}
     return Datasets(train, lambda: eval_iterator(len(splits.eval_images), eval_make,
                                                  int(data.eval_batch_size), process_index,
                                                  process_count), info)

@@ -19,17 +19,25 @@ class MetricWriter:
 
     Every line of the JSONL file is ``{"step": int, "split": str, name: float, ...}``. Writers on
     processes other than 0 do nothing, so multi-host runs log once.
+
+    A run resumed from step ``resume_step`` first drops the JSONL rows past that step (they came
+    from the part of the interrupted run that is trained again) and tells TensorBoard to purge
+    its events past that step, so neither holds two values for one step.
     """
 
-    def __init__(self, workdir: str, enabled: bool | None = None):
+    def __init__(self, workdir: str, enabled: bool | None = None, resume_step: int = 0):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self._jsonl = None
         self._tb = None
         if self.enabled:
             os.makedirs(workdir, exist_ok=True)
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+            path = os.path.join(workdir, "metrics.jsonl")
+            if resume_step > 0:
+                _truncate_jsonl(path, resume_step)
+            self._jsonl = open(path, "a", encoding="utf-8")
             from tensorboardX import SummaryWriter  # imported lazily: heavy-ish
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                                     purge_step=resume_step + 1 if resume_step > 0 else None)
 
     def write(self, step: int, metrics: Mapping[str, Any], split: str = "train") -> None:
         if not self.enabled:
@@ -46,6 +54,13 @@ class MetricWriter:
         if self.enabled:
             self._tb.add_text(tag, text, int(step))
 
+    def write_image(self, step: int, tag: str, png_path: str) -> None:
+        """Logs a PNG file (e.g. a sample grid) as a TensorBoard image."""
+        if self.enabled:
+            from PIL import Image
+            image = np.asarray(Image.open(png_path).convert("RGB"))
+            self._tb.add_image(tag, image, int(step), dataformats="HWC")
+
     def flush(self) -> None:
         if self.enabled:
             self._jsonl.flush()
@@ -55,3 +70,21 @@ class MetricWriter:
         if self.enabled:
             self._jsonl.close()
             self._tb.close()
+
+
+def _truncate_jsonl(path: str, step: int) -> None:
+    """Keeps the rows of ``path`` whose step is at most ``step`` (atomic rewrite)."""
+    if not os.path.exists(path):
+        return
+    keep = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                if int(json.loads(line)["step"]) <= step:
+                    keep.append(line if line.endswith("\n") else line + "\n")
+            except (ValueError, KeyError, TypeError):
+                continue  # a half-written last line of a killed run
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(keep)
+    os.replace(tmp, path)

@@ -27,17 +27,38 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxgen import data as data_lib
-from jaxgen import models
+from jaxgen.errors import RunError, UsageError
 from jaxgen.models.base import Family
 from jaxgen.train import mesh as mesh_lib
 from jaxgen.train.checkpoint import Checkpointer
+from jaxgen.train.evaluate import evaluate, write_samples  # noqa: F401  (re-exported)
 from jaxgen.train.logging import MetricWriter
 
 log = logging.getLogger("jaxgen")
 
 
+FamilyFactory = Callable[[Any, dict], Family]
+
+# Exit status of a run stopped by SIGTERM/SIGINT after saving: EX_TEMPFAIL, "try again later",
+# which tells a scheduler to requeue the job (a finished run exits 0).
+PREEMPTED_EXIT_STATUS = 75
+
+
 class Interrupted(Exception):
     """Raised by the ``interrupt_at`` test hook: the run stops as if killed (no extra save)."""
+
+
+class Preempted(Exception):
+    """Raised after a SIGTERM/SIGINT stopped the run and its current step was saved."""
+
+    def __init__(self, step: int, signal_name: str, state: Any):
+        super().__init__(f"{signal_name} received: saved step {step}; run the same command "
+                         "again to resume")
+        self.step, self.signal_name, self.state = step, signal_name, state
+
+
+class NonFiniteLoss(RunError):
+    """Raised when ``train.nonfinite="stop"`` and a step's loss or gradients were not finite."""
 
 
 @dataclasses.dataclass
@@ -52,7 +73,18 @@ class Run:
     state_sharding: Any
     batch_sharding: jax.sharding.NamedSharding
     train_step: Callable
-    eval_step: Callable
+    eval_step: Optional[Callable]
+    _samplers: dict = dataclasses.field(default_factory=dict)
+
+    def sampler(self, n: int) -> Callable:
+        """``family.sample`` jitted for ``n`` samples (cached), sharded over the batch when the
+        data-parallel devices divide ``n``, replicated otherwise."""
+        if n not in self._samplers:
+            shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+            out = self.batch_sharding if n % shards == 0 else mesh_lib.replicated(self.mesh)
+            self._samplers[n] = jax.jit(self.family.sample, static_argnums=(2, 3),
+                                        out_shardings=out)
+        return self._samplers[n]
 
 
 def config_to_dict(config: ml_collections.ConfigDict) -> dict:
@@ -61,11 +93,13 @@ def config_to_dict(config: ml_collections.ConfigDict) -> dict:
 
 # ----------------------------------------------------------------------------- build
 def build(config: ml_collections.ConfigDict, devices: Optional[list] = None,
-          datasets: Any = None) -> Run:
+          datasets: Any = None, *, family: Family | FamilyFactory) -> Run:
     """Builds mesh, data pipelines, family, abstract sharded state and jitted steps.
 
-    ``datasets`` replaces the pipelines of ``config.data`` (research code bringing its own data:
-    any object with ``train``, ``make_eval()`` and ``info`` as in :mod:`jaxgen.data`).
+    ``family`` is a :class:`Family`, or a factory ``(config, data_info) -> Family`` (such as
+    :func:`jaxgen.models.make_family`, the registry, which the CLI passes). ``datasets``
+    replaces the pipelines of ``config.data`` (research code bringing its own data: any object
+    with ``train``, ``make_eval()`` and ``info`` as in :mod:`jaxgen.data`).
     """
     mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig.from_config(config.mesh), devices)
     n_batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -75,7 +109,8 @@ def build(config: ml_collections.ConfigDict, devices: Optional[list] = None,
             raise ValueError(f"data.{key}={size} is not divisible by the {n_batch_shards} "
                              f"data-parallel devices of the mesh {dict(mesh.shape)}")
     datasets = data_lib.make_datasets(config) if datasets is None else datasets
-    family = models.make_family(config, datasets.info)
+    if not isinstance(family, Family):
+        family = family(config, datasets.info)
     sample_batch = next(iter(datasets.make_eval()))
     sample_batch = {k: v for k, v in sample_batch.items() if k != "mask"}
     rng = jax.random.PRNGKey(config.seed)
@@ -87,7 +122,8 @@ def build(config: ml_collections.ConfigDict, devices: Optional[list] = None,
     rep = mesh_lib.replicated(mesh)
     train_step = jax.jit(family.train_step, in_shardings=(state_sh, batch_sh),
                          out_shardings=(state_sh, rep), donate_argnums=0)
-    eval_step = jax.jit(family.eval_step, in_shardings=(state_sh, batch_sh), out_shardings=rep)
+    eval_step = None if family.eval_step is None else jax.jit(
+        family.eval_step, in_shardings=(state_sh, batch_sh), out_shardings=rep)
     return Run(config, mesh, datasets, family, abstract, state_sh, batch_sh, train_step, eval_step)
 
 
@@ -96,31 +132,6 @@ def init_state(run: Run, sample_batch: dict) -> Any:
     sample_batch = {k: v for k, v in sample_batch.items() if k != "mask"}
     init = jax.jit(run.family.init_state, out_shardings=run.state_sharding)
     return init(jax.random.PRNGKey(run.config.seed), sample_batch)
-
-
-# ----------------------------------------------------------------------------- evaluate
-def evaluate(run: Run, state: Any, batches: Optional[Iterable[dict]] = None) -> dict[str, float]:
-    """Runs ``eval_step`` over the eval split; returns sums divided by the example count."""
-    totals: dict[str, float] = {}
-    for batch in (run.datasets.make_eval() if batches is None else batches):
-        sums = jax.device_get(run.eval_step(state, mesh_lib.global_batch(batch, run.batch_sharding)))
-        for k, v in sums.items():
-            totals[k] = totals.get(k, 0.0) + float(np.asarray(v, np.float64))
-    count = totals.pop("count", 0.0)
-    if count <= 0:
-        raise ValueError("the evaluation split is empty")
-    return {k: v / count for k, v in totals.items()}
-
-
-def write_samples(run: Run, state: Any, rng: jax.Array, num: int, path: str) -> list[str]:
-    """Draws ``num`` samples with the family's sampler and writes them (PNG grid or text)."""
-    sample = jax.jit(run.family.sample, static_argnums=2,
-                     out_shardings=mesh_lib.replicated(run.mesh))
-    samples = jax.device_get(sample(state, rng, num))
-    if jax.process_index() != 0:
-        return []
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    return run.family.save_samples(samples, path)
 
 
 # ----------------------------------------------------------------------------- workdir
@@ -146,14 +157,16 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def restore_latest(run: Run, workdir: str, data_iterator: Any = None) -> tuple[int, Any]:
-    """(step, state) of the newest readable checkpoint of ``workdir``."""
+    """(step, state) of the newest readable checkpoint of ``workdir`` (see
+    :meth:`Checkpointer.restore` for what counts as damage and what is an error)."""
     ckpt = Checkpointer(workdir, keep=int(run.config.train.keep_ckpts), async_save=False)
     try:
-        restored = ckpt.restore(run.abstract_state, data_iterator)
+        restored = ckpt.restore(run.abstract_state, data_iterator, ema_of=run.family.ema_of,
+                                config=config_to_dict(run.config))
     finally:
         ckpt.close()
     if restored is None:
-        raise ValueError(f"no readable checkpoint in {workdir}/checkpoints")
+        raise UsageError(f"{workdir} has no checkpoint yet; train into it first")
     return restored[0], restored[1]
 
 
@@ -161,49 +174,75 @@ def _sample_path(run: Run, workdir: str, step: int) -> str:
     return os.path.join(workdir, "samples", f"step_{step:07d}{run.family.sample_suffix}")
 
 
+def _write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Writes workdir/config.json atomically (process 0): only once a restore has succeeded."""
+    if jax.process_index() != 0:
+        return
+    os.makedirs(workdir, exist_ok=True)
+    tmp = os.path.join(workdir, ".config.json.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(config_to_dict(config), f, indent=2)
+    os.replace(tmp, os.path.join(workdir, "config.json"))
+
+
 # ----------------------------------------------------------------------------- train
 class _StopSignal:
-    """SIGTERM (preemption) handler: finish the current step, save, exit cleanly."""
+    """SIGTERM (preemption) and SIGINT (Ctrl-C): finish the current step, save, exit.
+
+    Single process: Python handlers set a flag (a second signal during the save only sets it
+    again; Orbax writes into a temporary directory and renames it, so nothing is corrupted).
+    Multi-host: SIGTERM is left to JAX's preemption notifier (its handler is not replaced) and
+    every process stops at the step JAX's preemption sync point agrees on.
+    """
 
     def __init__(self):
-        self.stop = False
-        self._previous = None
+        self.received: Optional[str] = None
+        self._previous: dict = {}
 
     def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread
-            self._previous = None
+        signals = [signal.SIGINT] + ([signal.SIGTERM] if jax.process_count() == 1 else [])
+        for sig in signals:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
         return self
 
     def _handle(self, signum, frame):
-        self.stop = True
+        self.received = signal.Signals(signum).name
 
     def should_stop(self, step: int) -> bool:
-        """Single process: the signal flag. Multi-host: JAX's preemption sync point, so every
-        process agrees on the step at which to save (a per-host flag could deadlock the save)."""
+        if self.received is not None:
+            return True
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
             try:
-                return bool(multihost_utils.reached_preemption_sync_point(step))
+                if multihost_utils.reached_preemption_sync_point(step):
+                    self.received = "SIGTERM"
+                    return True
             except RuntimeError:  # preemption service not enabled
                 return False
-        return self.stop
+        return False
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for sig, prev in self._previous.items():
+            signal.signal(sig, prev)
 
 
-def _log_step(writer, bar, step, metrics, t_last, step_last, batch_size):
+def _log_step(writer, bar, step, metrics, t_last, step_last, batch_size, extra):
     now = time.perf_counter()
     metrics = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
     steps_per_s = (step - step_last) / max(now - t_last, 1e-9)
-    metrics.update(steps_per_s=steps_per_s, examples_per_s=steps_per_s * batch_size)
+    metrics.update(steps_per_s=steps_per_s, examples_per_s=steps_per_s * batch_size, **extra)
     writer.write(step, metrics, "train")
     bar.set_postfix(loss=f"{metrics['loss']:.4f}", steps_s=f"{steps_per_s:.1f}",
                     ex_s=f"{metrics['examples_per_s']:.0f}", refresh=False)
     return now, step
+
+
+def _nonfinite(metrics: dict) -> bool:
+    """Whether a step reported a non-finite loss or gradient (steps without the metric: no)."""
+    return "nonfinite" in metrics and float(np.asarray(jax.device_get(metrics["nonfinite"]))) > 0
 
 
 def _phase_seconds(t: dict[str, float]) -> dict[str, float]:
@@ -214,37 +253,67 @@ def _phase_seconds(t: dict[str, float]) -> dict[str, float]:
             "total_s": t["end"] - t["start"]}
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, *, devices: Optional[list] = None,
-          datasets: Any = None, interrupt_at: Optional[int] = None, progress: bool = True) -> Any:
-    """Trains (or resumes) the experiment ``config`` in ``workdir``; returns the final state."""
+def _periodic_eval(run: Run, writer: MetricWriter, state: Any, step: int) -> None:
+    from jaxgen.train.evaluate import flat_scalars
+    writer.write(step, flat_scalars(evaluate(run, state)), "eval")
+
+
+def _log_sample_images(run: Run, writer: MetricWriter, files: list[str], step: int) -> None:
+    for f in files:
+        if f.endswith(".png"):
+            writer.write_image(step, "samples", f)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, family: Family | FamilyFactory,
+          devices: Optional[list] = None, datasets: Any = None,
+          interrupt_at: Optional[int] = None, progress: bool = True) -> Any:
+    """Trains (or resumes) the experiment ``config`` in ``workdir``; returns the final state.
+
+    ``family`` is a :class:`Family` or a factory ``(config, data_info) -> Family`` (the CLI
+    passes the registry, :func:`jaxgen.models.make_family`).
+
+    Raises:
+      Preempted: SIGTERM or SIGINT stopped the run; the current step was saved.
+      NonFiniteLoss: ``train.nonfinite="stop"`` and a step was not finite (state saved).
+      StateMismatch / RunError: the workdir's checkpoints cannot be resumed (nothing written).
+    """
     # --- set-up: workdir, mesh, data, family, compiled steps
     timings = {"start": time.perf_counter()}
     check_workdir(workdir, config)
-    run = build(config, devices, datasets)
     tc = config.train
     total = int(tc.steps)
-    if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(config_to_dict(config), f, indent=2)
-    ckpt = Checkpointer(workdir, keep=int(tc.keep_ckpts), async_save=bool(tc.async_ckpt))
+    if total < 0:
+        raise UsageError(f"train.steps must be >= 0, got {total}")
+    nonfinite = str(tc.get("nonfinite", "stop"))
+    if nonfinite not in ("skip", "stop"):
+        raise UsageError(f"train.nonfinite must be 'skip' or 'stop', got {nonfinite!r}")
+    run = build(config, devices, datasets, family=family)
     train_iter = run.datasets.train
+    cfg_dict = config_to_dict(config)
 
-    # --- state: resume from the newest readable checkpoint, or start fresh
-    restored = ckpt.restore(run.abstract_state, train_iter)
+    # --- state: resume from the newest readable checkpoint, or start fresh. Nothing in the
+    # workdir changes until this has succeeded.
+    ckpt = Checkpointer(workdir, keep=int(tc.keep_ckpts), async_save=bool(tc.async_ckpt))
+    try:
+        restored = ckpt.restore(run.abstract_state, train_iter, ema_of=run.family.ema_of,
+                                config=cfg_dict)
+    except BaseException:
+        ckpt.close()
+        raise
     if restored is not None:
         start, state, _ = restored
         log.info("resumed %s from step %d", workdir, start)
     else:
         start, state = 0, init_state(run, next(iter(run.datasets.make_eval())))
-    writer = MetricWriter(workdir)
-    bar = tqdm(total=total, initial=start, disable=not progress or jax.process_index() != 0,
+    _write_config(workdir, config)
+    writer = MetricWriter(workdir, resume_step=start)
+    bar = tqdm(total=total, initial=min(start, total), disable=not progress or jax.process_index() != 0,
                desc=config.experiment or config.family, mininterval=1.0, dynamic_ncols=True)
-    cfg_dict = config_to_dict(config)
     batch_size = int(config.data.batch_size)
 
-    # --- the loop: metrics of a log step are fetched after the next step is dispatched
-    pending = None
+    # --- the loop: metrics of step n are read after step n+1 is dispatched (no device stall)
+    pending = None       # (step, metrics) of the last step, read one step late
+    skipped = 0          # non-finite steps whose update was skipped
     timings["loop"] = t_last = time.perf_counter()
     step_last = start
     step = start
@@ -256,33 +325,54 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, devices: Optional[
                 step += 1
                 bar.update(1)
                 if pending is not None:
-                    t_last, step_last = _log_step(writer, bar, *pending, t_last, step_last, batch_size)
-                    pending = None
-                if step % int(tc.log_every) == 0 or step == total:
-                    pending = (step, metrics)
+                    p_step, p_metrics, p_log = pending
+                    if _nonfinite(p_metrics):
+                        skipped += 1
+                        if nonfinite == "stop":
+                            ckpt.save(step, state, train_iter, cfg_dict, force=True)
+                            raise NonFiniteLoss(
+                                f"the loss or gradients of step {p_step} were not finite (NaN or "
+                                f"Inf); its update was skipped and the last finite state was saved "
+                                f"at step {step}. Lower optim.lr, or set train.nonfinite=skip")
+                        log.warning("step %d: non-finite loss or gradients, update skipped "
+                                    "(%d so far)", p_step, skipped)
+                    if p_log:
+                        t_last, step_last = _log_step(writer, bar, p_step, p_metrics, t_last,
+                                                      step_last, batch_size, {"skipped_steps": skipped})
+                pending = (step, metrics, step % int(tc.log_every) == 0 or step == total)
                 if tc.eval_every and step % int(tc.eval_every) == 0 and step != total:
-                    writer.write(step, evaluate(run, state), "eval")
+                    _periodic_eval(run, writer, state, step)
                 if tc.sample_every and step % int(tc.sample_every) == 0 and step != total:
-                    write_samples(run, state, jax.random.PRNGKey(step), int(tc.num_samples),
-                                  _sample_path(run, workdir, step))
+                    _log_sample_images(run, writer, write_samples(
+                        run, state, jax.random.PRNGKey(step), int(tc.num_samples),
+                        _sample_path(run, workdir, step)), step)
                 preempted = stop.should_stop(step)
                 if step % int(tc.ckpt_every) == 0 or step == total or preempted:
                     ckpt.save(step, state, train_iter, cfg_dict, force=True)
                 if interrupt_at is not None and step >= interrupt_at:
                     raise Interrupted(f"interrupted at step {step}")
                 if preempted:
-                    log.warning("SIGTERM received: saved step %d, exiting", step)
-                    return state
+                    ckpt.wait()
+                    raise Preempted(step, stop.received or "SIGTERM", state)
         if pending is not None:
-            _log_step(writer, bar, *pending, t_last, step_last, batch_size)
+            p_step, p_metrics, p_log = pending
+            if _nonfinite(p_metrics):
+                skipped += 1
+                if nonfinite == "stop":
+                    raise NonFiniteLoss(f"the loss or gradients of step {p_step} were not finite; "
+                                        f"its update was skipped and step {step} saved")
+            if p_log:
+                _log_step(writer, bar, p_step, p_metrics, t_last, step_last, batch_size,
+                          {"skipped_steps": skipped})
 
         # --- end of training: evaluation and samples
         if start < total:
             timings["eval"] = time.perf_counter()
-            writer.write(total, evaluate(run, state), "eval")
+            _periodic_eval(run, writer, state, total)
             timings["samples"] = time.perf_counter()
-            write_samples(run, state, jax.random.PRNGKey(total), int(tc.num_samples),
-                          _sample_path(run, workdir, total))
+            _log_sample_images(run, writer, write_samples(
+                run, state, jax.random.PRNGKey(total), int(tc.num_samples),
+                _sample_path(run, workdir, total)), total)
             timings["end"] = time.perf_counter()
             phases = _phase_seconds(timings)
             writer.write(total, phases, "time")

@@ -29,7 +29,7 @@ from jaxgen.models.lm.model import LOGICAL_RULES, LMConfig, Transformer
 from jaxgen.models.lm.sampling import make_strategy
 from jaxgen.train.optim import OptimConfig, make_optimizer
 from jaxgen.train.state import create_state
-from jaxgen.train.step import make_train_step
+from jaxgen.train.step import EMAConfig, make_train_step
 
 
 def lm_config(config: Any, data_info: dict) -> LMConfig:
@@ -105,7 +105,7 @@ def make_family(config: Any, data_info: dict) -> Family:
     def init_state(rng, batch):
         params = model.init(rng, jnp.asarray(batch["tokens"][:1, :-1], jnp.int32))["params"]
         return create_state(nn.meta.unbox(params), tx, rng,
-                            ema=float(config.train.get("ema_decay", 0.0)) > 0)
+                            ema=EMAConfig.from_config(config.train) is not None)
 
     def eval_step(state, batch):
         losses = token_losses(cfg, state.params, batch["tokens"])
@@ -113,7 +113,7 @@ def make_family(config: Any, data_info: dict) -> Family:
         total = jnp.sum(losses * mask)
         return {"val_loss": total, bits_key: total / math.log(2), "count": jnp.sum(mask)}
 
-    def sample(state, rng, n):
+    def sample(state, rng, n, options=None):
         prompts = jnp.asarray(np.repeat(prompt, n, axis=0))
         return generate(cfg, state.params, prompts, rng, strategy, max_new_tokens=max_new, stop_token=stop)
 
@@ -129,11 +129,11 @@ def make_family(config: Any, data_info: dict) -> Family:
         return [path]
 
     mesh_sizes = {"fsdp": int(config.mesh.get("fsdp", 1)), "tensor": int(config.mesh.get("tensor", 1))}
-    ema_decay = float(config.train.get("ema_decay", 0.0)) or None
+    ema = EMAConfig.from_config(config.train)
     return Family(
         name="lm",
         init_state=init_state,
-        train_step=make_train_step(loss_fn, tx, grad_accum=optim.grad_accum, ema_decay=ema_decay),
+        train_step=make_train_step(loss_fn, tx, grad_accum=optim.grad_accum, ema=ema),
         eval_step=eval_step,
         sample=sample,
         save_samples=save_samples,

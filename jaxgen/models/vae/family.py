@@ -24,7 +24,7 @@ from jaxgen.models.vae.objective import elbo_terms, iwae_bound, kl_weight, train
 from jaxgen.train.images import save_image_grid
 from jaxgen.train.optim import OptimConfig, make_optimizer
 from jaxgen.train.state import TrainState, create_state
-from jaxgen.train.step import make_train_step
+from jaxgen.train.step import EMAConfig, make_train_step
 
 
 def eval_params(state: TrainState) -> Any:
@@ -107,23 +107,20 @@ def make_family(config: Any, data_info: dict) -> Family:
     optim = dataclasses.replace(OptimConfig.from_config(config.optim),
                                 total_steps=int(config.train.steps))
     tx = make_optimizer(optim)
-    ema_decay = float(config.train.get("ema_decay", 0.0))
-    if not 0.0 <= ema_decay < 1.0:
-        raise ValueError(f"train.ema_decay must be in [0, 1), got {ema_decay}")
+    ema = EMAConfig.from_config(config.train)
 
     def init_state(rng: jax.Array, sample_batch: dict) -> TrainState:
         k_init, k_state = jax.random.split(rng)
         x = jnp.zeros((1, *cfg.image_shape), jnp.float32)
         params = vae.model.init({"params": k_init}, x)
-        return create_state(params, tx, k_state, ema=ema_decay > 0)
+        return create_state(params, tx, k_state, ema=ema is not None)
 
-    train_step = make_train_step(vae.loss_fn, tx, grad_accum=optim.grad_accum,
-                                 ema_decay=ema_decay if ema_decay > 0 else None)
+    train_step = make_train_step(vae.loss_fn, tx, grad_accum=optim.grad_accum, ema=ema)
 
     def eval_step(state: TrainState, batch: dict) -> dict:
         return vae.eval_sums(eval_params(state), batch, jax.random.PRNGKey(ecfg.seed))
 
-    def sample(state: TrainState, rng: jax.Array, n: int) -> jax.Array:
+    def sample(state: TrainState, rng: jax.Array, n: int, options: None = None) -> jax.Array:
         z = jax.random.normal(rng, (n, cfg.latent_dim))
         return vae.mean_image(eval_params(state), z)
 
