@@ -12,7 +12,7 @@ from jaxgen.config import base_config
 from jaxgen.models.base import Family
 from jaxgen.train.optim import OptimConfig, make_optimizer
 from jaxgen.train.state import create_state
-from jaxgen.train.step import make_train_step
+from jaxgen.train.step import EMAConfig, make_train_step
 
 DIM = 12
 
@@ -92,9 +92,11 @@ def make_family(config, data_info) -> Family:
         loss = jnp.mean(jnp.sum(err ** 2, -1))
         return loss, {"mse": loss}
 
+    ema = EMAConfig.from_config(config.train)
+
     def init_state(rng, batch):
         params = model.init(rng, batch["x"], rng)
-        return create_state(params, tx, rng)
+        return create_state(params, tx, rng, ema=ema is not None)
 
     def eval_step(state, batch):
         err = model.apply(state.params, batch["x"], jax.random.PRNGKey(0)) - batch["x"]
@@ -107,7 +109,7 @@ def make_family(config, data_info) -> Family:
         np.save(path, samples)
         return [path]
 
-    return Family("toy", init_state, make_train_step(loss_fn, tx, grad_accum=config.optim.grad_accum),
+    return Family("toy", init_state, make_train_step(loss_fn, tx, grad_accum=config.optim.grad_accum, ema=ema),
                   eval_step, sample, save_samples, sample_suffix=".npy")
 
 

@@ -1,0 +1,171 @@
+"""Restore never silently starts over (issue: reliability at scale), and the non-finite guard."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import toy
+from jaxgen.errors import RunError
+from jaxgen.train import checkpoint as ckpt_lib
+from jaxgen.train import loop
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _train(config, workdir, datasets=None, **kw):
+    datasets = datasets or toy.toy_datasets(config)
+    return loop.train(config, str(workdir), family=toy.make_family, datasets=datasets,
+                      progress=False, **kw)
+
+
+def _ckpt_steps(workdir):
+    return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+
+
+def _rows(workdir):
+    return [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+
+
+def test_ema_added_on_resume_starts_from_restored_params(tmp_path, caplog):
+    w = tmp_path / "w"
+    first = _train(toy.toy_config(steps=3), w)
+    config = toy.toy_config(steps=3, ema_decay=0.9)
+    resumed = _train(config, w)  # nothing left to train: the state is the restored one
+    for a, b in zip(jax.tree.leaves(resumed.ema_params), jax.tree.leaves(first.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    more = toy.toy_config(steps=6, ema_decay=0.9)
+    state = _train(more, w)
+    assert int(state.step) == 6 and _ckpt_steps(w) == [3, 6]
+
+
+def test_structure_change_is_a_usage_error_and_changes_nothing(tmp_path):
+    w = tmp_path / "w"
+    _train(toy.toy_config(steps=3), w)
+    before = (open(w / "config.json").read(), open(w / "metrics.jsonl").read())
+    changed = toy.toy_config(steps=6)
+    changed.optim.clip_norm = 1.0  # one more optax transform: another opt_state structure
+    with pytest.raises(ckpt_lib.StateMismatch, match=r"opt_state.*optim\.clip_norm: 0\.0 -> 1\.0"):
+        _train(changed, w)
+    assert (open(w / "config.json").read(), open(w / "metrics.jsonl").read()) == before
+    assert _ckpt_steps(w) == [3]
+
+
+def _damage(workdir, step):
+    for root, _, files in os.walk(os.path.join(workdir, "checkpoints", str(step), "state")):
+        for f in files:
+            path = os.path.join(root, f)
+            with open(path, "r+b") as fh:
+                fh.truncate(os.path.getsize(path) // 2)
+
+
+def test_all_checkpoints_damaged_stops_without_training(tmp_path):
+    w = tmp_path / "w"
+    _train(toy.toy_config(steps=6), w)
+    for step in (3, 6):
+        _damage(w, step)
+    before = open(w / "metrics.jsonl").read()
+    with pytest.raises(RunError, match="every checkpoint .* is damaged"):
+        _train(toy.toy_config(steps=9), w)
+    assert _ckpt_steps(w) == [3, 6] and open(w / "metrics.jsonl").read() == before
+
+
+def test_a_failure_that_is_not_damage_is_raised_not_skipped(tmp_path, monkeypatch):
+    w = tmp_path / "w"
+    _train(toy.toy_config(steps=6), w)
+
+    def flaky(self, step, *args, **kw):
+        raise OSError("[Errno 11] Resource temporarily unavailable")
+    monkeypatch.setattr(ckpt_lib.Checkpointer, "_restore_step", flaky)
+    with pytest.raises(OSError, match="temporarily unavailable"):
+        _train(toy.toy_config(steps=9), w)
+    assert _ckpt_steps(w) == [3, 6]
+
+
+def test_resumed_run_logs_each_step_once(tmp_path):
+    config = toy.toy_config(steps=6, log_every=1)
+    w = tmp_path / "w"
+    with pytest.raises(loop.Interrupted):
+        _train(config, w, interrupt_at=5)  # logged steps 1-4, last checkpoint at 3
+    _train(config, w)
+    steps = [r["step"] for r in _rows(w) if r["split"] == "train"]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+class _NaNAt:
+    """Wraps a toy iterator: batch ``at`` (0-based) is all NaN."""
+
+    def __init__(self, it, at):
+        self.it, self.at, self.i = it, at, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = next(self.it)
+        if self.i == self.at:
+            batch = {"x": np.full_like(batch["x"], np.nan)}
+        self.i += 1
+        return batch
+
+    def get_state(self):
+        return self.it.get_state()
+
+    def set_state(self, s):
+        self.it.set_state(s)
+
+
+def test_nonfinite_step_is_skipped_and_counted(tmp_path):
+    config = toy.toy_config(steps=6, log_every=1, nonfinite="skip")
+    data = toy.toy_datasets(config)
+    data.train = _NaNAt(data.train, at=2)
+    state = _train(config, tmp_path / "w", datasets=data)
+    assert int(state.step) == 6
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
+    rows = [r for r in _rows(tmp_path / "w") if r["split"] == "train"]
+    assert [r["nonfinite"] for r in rows] == [0, 0, 1, 0, 0, 0]
+    assert rows[-1]["skipped_steps"] == 1
+
+
+def test_nonfinite_step_stops_with_the_last_finite_state_saved(tmp_path):
+    config = toy.toy_config(steps=6, nonfinite="stop", ckpt_every=100)
+    data = toy.toy_datasets(config)
+    data.train = _NaNAt(data.train, at=2)
+    with pytest.raises(loop.NonFiniteLoss, match="step 3 were not finite"):
+        _train(config, tmp_path / "w", datasets=data)
+    saved = _ckpt_steps(tmp_path / "w")
+    assert len(saved) == 1
+    run = loop.build(config, family=toy.make_family, datasets=toy.toy_datasets(config))
+    step, state = loop.restore_latest(run, str(tmp_path / "w"))
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
+
+
+def _cli(*args):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, "-m", "jaxgen.cli", *args], capture_output=True,
+                          text=True, cwd=REPO, env=env, timeout=600)
+
+
+def test_issue_bug_command_resumes_instead_of_starting_over(tmp_path):
+    w = str(tmp_path / "r1")
+    first = _cli("train", "vae_mnist:smoke", "--workdir", w, "--no-progress",
+                 "--set", "train.steps=4", "--set", "train.ckpt_every=2", "--set", "mesh.cpu_devices=1")
+    assert first.returncode == 0, first.stderr
+    second = _cli("train", "vae_mnist:smoke", "--workdir", w, "--no-progress",
+                  "--set", "train.steps=6", "--set", "train.ema_decay=0.999")
+    assert second.returncode == 0, second.stderr
+    assert "resumed" in second.stderr and "from step 4" in second.stderr
+    assert "corrupt" not in second.stderr and "damaged" not in second.stderr
+    assert json.load(open(os.path.join(w, "config.json")))["train"]["ema_decay"] == 0.999
+    bad = _cli("eval", "--workdir", w, "--set", "model.latent_dim=8")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert "only takes evaluation and sampling settings" in bad.stderr
+    changed = _cli("train", "vae_mnist:smoke", "--workdir", w, "--no-progress",
+                   "--set", "train.steps=8", "--set", "model.latent_dim=8")
+    assert changed.returncode == 2, changed.stderr
+    last = changed.stderr.strip().splitlines()[-1]
+    assert last.startswith("jaxgen train: error:") and "model.latent_dim: 4 -> 8" in last
+    assert json.load(open(os.path.join(w, "config.json")))["train"]["steps"] == 6
