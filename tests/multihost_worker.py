@@ -1,6 +1,6 @@
 """One process of a 2-process CPU run (jax.distributed over 127.0.0.1, gloo collectives).
 
-Usage: python multihost_worker.py PORT PROCESS_ID WORKDIR OUT.npy
+Usage: python multihost_worker.py PORT PROCESS_ID WORKDIR OUT.npy [STEPS]
 """
 import os
 import sys
@@ -17,12 +17,11 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import toy  # noqa: E402
-from jaxgen import models  # noqa: E402
 from jaxgen.train import loop  # noqa: E402
 
-models.FAMILIES["toy"] = "toy"
-config = toy.toy_config(steps=4)
+config = toy.toy_config(steps=int(sys.argv[5]) if len(sys.argv) > 5 else 4)
 config.mesh.data = 2
+config.optim.schedule = "constant"  # runs of different lengths share one schedule
 config.mesh.fsdp = 2
 assert jax.device_count() == 4 and jax.process_count() == 2
 state = loop.train(config, workdir, family=toy.make_family, datasets=toy.toy_datasets(config, pid, 2), progress=False)

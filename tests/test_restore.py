@@ -169,3 +169,45 @@ def test_issue_bug_command_resumes_instead_of_starting_over(tmp_path):
     last = changed.stderr.strip().splitlines()[-1]
     assert last.startswith("jaxgen train: error:") and "model.latent_dim: 4 -> 8" in last
     assert json.load(open(os.path.join(w, "config.json")))["train"]["steps"] == 6
+
+
+@pytest.mark.parametrize("saved_mesh, resumed_mesh", [
+    (dict(data=1, fsdp=8), dict(data=2)), (dict(data=2), dict(data=1, fsdp=8))])
+def test_resume_onto_another_mesh(tmp_path, saved_mesh, resumed_mesh):
+    def config(steps, mesh):
+        c = toy.toy_config(steps=steps)
+        c.optim.schedule = "constant"
+        for k, v in mesh.items():
+            c.mesh[k] = v
+        return c
+    n_saved = 8 if saved_mesh.get("fsdp", 1) == 8 else 2
+    n_resumed = 8 if resumed_mesh.get("fsdp", 1) == 8 else 2
+    _train(config(3, saved_mesh), tmp_path / "w", devices=jax.devices()[:n_saved])
+    resumed = _train(config(6, resumed_mesh), tmp_path / "w", devices=jax.devices()[:n_resumed])
+    # The reference: the same checkpoint continued by a run that was on the new mesh throughout.
+    _train(config(3, resumed_mesh), tmp_path / "ref", devices=jax.devices()[:n_resumed])
+    ref = _train(config(6, resumed_mesh), tmp_path / "ref", devices=jax.devices()[:n_resumed])
+    kernel = resumed.params["params"]["Dense_0"]["kernel"]
+    assert len(kernel.sharding.device_set) == n_resumed
+    for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(ref.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_ctrl_c_saves_the_current_step(tmp_path):
+    import signal
+
+    config = toy.toy_config(steps=50, ckpt_every=100)
+    data = toy.toy_datasets(config)
+    original = data.train.__next__
+
+    def next_and_interrupt():
+        batch = original()
+        if data.train.pos == 4 * config.data.batch_size:
+            os.kill(os.getpid(), signal.SIGINT)
+        return batch
+    data.train.__class__ = type("Interrupting", (toy.ToyIterator,),
+                                {"__next__": lambda self: next_and_interrupt()})
+    with pytest.raises(loop.Preempted) as info:
+        _train(config, tmp_path / "w", datasets=data)
+    assert info.value.signal_name == "SIGINT" and info.value.step == 4
+    assert _ckpt_steps(tmp_path / "w") == [4]

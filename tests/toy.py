@@ -38,6 +38,10 @@ class ToyIterator:
         self.pos += self.batch
         return {"x": self.data[np.array(idx)][self.shard]}
 
+    def seek(self, step):
+        """The data position is the step: the next batch is global batch ``step``."""
+        self.pos = int(step) * self.batch
+
     def get_state(self):
         return {"pos": self.pos}
 

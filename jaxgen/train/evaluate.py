@@ -42,6 +42,14 @@ def data_metrics(run: Any, state: Any, batches: Optional[Iterable[dict]] = None)
     return {k: v / count for k, v in totals.items()}
 
 
+def _to_host(x: jax.Array) -> np.ndarray:
+    """A (possibly batch-sharded, multi-host) array as one numpy array on every process."""
+    if jax.process_count() > 1 and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+
 def draw_samples(run: Any, state: Any, rng: jax.Array, num: int, options: Any = None,
                  batch: int = 0) -> np.ndarray:
     """``num`` samples as a host numpy array, drawn in chunks of ``batch`` (0: all at once),
@@ -51,7 +59,7 @@ def draw_samples(run: Any, state: Any, rng: jax.Array, num: int, options: Any = 
     while i * chunk < num:
         n = min(chunk, num - i * chunk)
         key = rng if chunk == num else jax.random.fold_in(rng, i)
-        out.append(np.asarray(jax.device_get(run.sampler(n)(state, key, n, options))))
+        out.append(_to_host(run.sampler(n)(state, key, n, options)))
         i += 1
     return np.concatenate(out) if len(out) > 1 else out[0]
 
