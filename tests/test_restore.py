@@ -211,3 +211,37 @@ def test_ctrl_c_saves_the_current_step(tmp_path):
         _train(config, tmp_path / "w", datasets=data)
     assert info.value.signal_name == "SIGINT" and info.value.step == 4
     assert _ckpt_steps(tmp_path / "w") == [4]
+
+
+def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
+    """SIGKILL at 5 random moments (async checkpoints in flight), then resume to the end."""
+    import random
+    import time
+
+    worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_worker.py")
+    steps = 400
+
+    def start(workdir, out):
+        return subprocess.Popen([sys.executable, worker, str(workdir), str(steps), str(out)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    ref = start(tmp_path / "ref", tmp_path / "ref.npz")
+    assert ref.wait(timeout=600) == 0, ref.stderr.read().decode()[-2000:]
+    rnd = random.Random(1234)
+    kills = 0
+    for _ in range(5):
+        p = start(tmp_path / "w", tmp_path / "w.npz")
+        time.sleep(rnd.uniform(3.0, 7.0))
+        if p.poll() is None:
+            p.kill()
+            kills += 1
+        p.wait()
+    assert kills >= 3  # most attempts really died mid-run
+    last = start(tmp_path / "w", tmp_path / "w.npz")
+    assert last.wait(timeout=600) == 0, last.stderr.read().decode()[-2000:]
+    a, b = np.load(tmp_path / "ref.npz"), np.load(tmp_path / "w.npz")
+    assert len(a.files) == len(b.files)
+    for k in a.files:
+        np.testing.assert_array_equal(a[k], b[k])
+    rows = [r["step"] for r in _rows(tmp_path / "w") if r["split"] == "train"]
+    assert rows == sorted(set(rows)) and rows[-1] == steps
