@@ -42,9 +42,14 @@ def _quiet_libraries() -> None:
 
 def _add_distributed(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("multi-host (jax.distributed)")
+    g.add_argument("--distributed", choices=("off", "auto"), default="off",
+                   help="auto: jax.distributed.initialize() detects the cluster (SLURM, TPU pods, "
+                   "GKE, Open MPI) and this process's place in it")
     g.add_argument("--coordinator", help="coordinator address host:port (process 0)")
     g.add_argument("--num-processes", type=int, help="total number of processes")
     g.add_argument("--process-id", type=int, help="this process's index")
+    g.add_argument("--distributed-timeout", type=int, default=300, metavar="SECONDS",
+                   help="give up when the coordinator cannot be reached in this time (default 300)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,11 +89,59 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _distributed(args) -> bool:
+    return bool(getattr(args, "coordinator", None)) or getattr(args, "distributed", "off") == "auto"
+
+
+def _wait_for_coordinator(address: str, timeout_s: int) -> None:
+    """Waits until ``host:port`` accepts a TCP connection; RunError after ``timeout_s``."""
+    import socket
+    import time
+
+    from jaxgen.errors import RunError, UsageError
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--coordinator {address!r}: expected host:port")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise RunError(f"the coordinator {address} could not be reached within "
+                               f"{timeout_s} s ({e.strerror or e}); is process 0 running?") from e
+            time.sleep(0.5)
+
+
 def _init_distributed(args) -> None:
-    if getattr(args, "coordinator", None):
-        import jax
-        jax.distributed.initialize(coordinator_address=args.coordinator,
-                                   num_processes=args.num_processes, process_id=args.process_id)
+    """jax.distributed.initialize from the flags: explicit coordinator flags, or auto-detection.
+
+    An unreachable coordinator ends with a one-line RunError after --distributed-timeout."""
+    if not _distributed(args):
+        return
+    import jax
+
+    from jaxgen.errors import RunError, UsageError
+    explicit = dict(coordinator_address=args.coordinator, num_processes=args.num_processes,
+                    process_id=args.process_id)
+    if args.coordinator and (args.num_processes is None or args.process_id is None):
+        raise UsageError("--coordinator needs --num-processes and --process-id (or use "
+                         "--distributed auto on a cluster that sets them)")
+    if args.distributed_timeout <= 0:
+        raise UsageError(f"--distributed-timeout must be positive, got {args.distributed_timeout}")
+    kwargs = explicit if args.coordinator else {}
+    if args.coordinator and args.process_id != 0:
+        # XLA aborts the process (no Python exception) when the coordinator cannot be reached,
+        # so the other processes first check that it accepts connections.
+        _wait_for_coordinator(args.coordinator, args.distributed_timeout)
+    try:
+        jax.distributed.initialize(initialization_timeout=args.distributed_timeout, **kwargs)
+    except (RuntimeError, ValueError) as e:
+        where = args.coordinator or "the auto-detected coordinator"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RunError(f"jax.distributed could not start with {where} within "
+                       f"{args.distributed_timeout} s: {first[:300]}") from e
 
 
 def cmd_train(args) -> int:
@@ -107,7 +160,7 @@ def cmd_train(args) -> int:
         config = stored
         config.lock()
     experiments.apply_overrides(config, args.overrides)
-    host.configure_cpu_host(config, distributed=bool(args.coordinator))
+    host.configure_cpu_host(config, distributed=_distributed(args))
     _init_distributed(args)
     try:
         loop.train(config, workdir, family=models.make_family, progress=not args.no_progress)
@@ -143,7 +196,7 @@ def _restored_run(args):
     config = loop.load_config(args.workdir)
     config.lock()
     experiments.apply_overrides(config, args.overrides)
-    host.configure_cpu_host(config, distributed=bool(getattr(args, "coordinator", None)))
+    host.configure_cpu_host(config, distributed=_distributed(args))
     run = loop.build(config, family=models.make_family)
     step, state = loop.restore_latest(run, args.workdir)
     return run, step, state

@@ -76,3 +76,17 @@ def test_help_runs_as_a_program():
         r = subprocess.run([sys.executable, "-m", "jaxgen.cli", *args, "--help"],
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 0 and "usage: jaxgen" in r.stdout
+
+
+def test_unreachable_coordinator_is_a_one_line_error_not_a_hang(tmp_path):
+    import socket
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = subprocess.run([sys.executable, "-m", "jaxgen.cli", "train", "vae_mnist:smoke",
+                        "--workdir", str(tmp_path / "w"), "--coordinator", f"127.0.0.1:{port}",
+                        "--num-processes", "2", "--process-id", "1", "--distributed-timeout", "2"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1
+    assert p.stderr.strip().splitlines()[-1].startswith("jaxgen train: error: the coordinator")
+    assert "Traceback" not in p.stderr and not os.path.exists(tmp_path / "w")
