@@ -56,7 +56,9 @@ def get_config(variant: str = "cpu") -> ml_collections.ConfigDict:
     c.data.source = "tfds_text"  # --set data.source=text_file --set data.path=FILE: a local file
     c.data.path = ""
     c.data.name = "tiny_shakespeare"
-    c.data.tokenizer = "char"
+    c.data.tokenizer = "char"    # char | byte | bpe (trained on the training text)
+    c.data.vocab_size = 512      # bpe only: the vocabulary size (> 256)
+    c.data.tokenizer_path = ""   # "" : the CLI keeps it in the workdir (tokenizer.json)
     c.data.seq_len = 64
     c.data.val_fraction = 0.1
     c.data.eval_batches = 0      # 0: the whole validation split

@@ -160,6 +160,11 @@ def cmd_train(args) -> int:
         config = stored
         config.lock()
     experiments.apply_overrides(config, args.overrides)
+    if "tokenizer_path" in config.data and not config.data.tokenizer_path:
+        # The tokenizer lives in the workdir: eval and sample use the one training built, even
+        # when the training text is later edited or deleted.
+        with config.unlocked():
+            config.data.tokenizer_path = os.path.abspath(os.path.join(workdir, "tokenizer.json"))
     host.configure_cpu_host(config, distributed=_distributed(args))
     _init_distributed(args)
     try:
@@ -186,18 +191,17 @@ def _check_read_only_overrides(command: str, overrides: list[str]) -> None:
                              f"training change needs jaxgen train")
 
 
-def _restored_run(args):
-    from jaxgen import experiments
+def _restored_run(args, need_data: bool = True):
+    from jaxgen import experiments, models
     from jaxgen.train import host, loop
-
-    from jaxgen import models
 
     _check_read_only_overrides(args.command, args.overrides)
     config = loop.load_config(args.workdir)
     config.lock()
     experiments.apply_overrides(config, args.overrides)
     host.configure_cpu_host(config, distributed=_distributed(args))
-    run = loop.build(config, family=models.make_family)
+    datasets = None if need_data else loop.datasets_for_sampling(args.workdir, config)
+    run = loop.build(config, family=models.make_family, datasets=datasets)
     step, state = loop.restore_latest(run, args.workdir)
     return run, step, state
 
@@ -235,9 +239,16 @@ def cmd_sample(args) -> int:
 
     from jaxgen.train import loop
 
+    from jaxgen.errors import UsageError
+
     if args.num <= 0:
-        raise ValueError(f"--num must be positive, got {args.num}")
-    run, _, state = _restored_run(args)
+        raise UsageError(f"--num must be positive, got {args.num}")
+    run, _, state = _restored_run(args, need_data=False)
+    suffix = run.family.sample_suffix
+    if not args.out.endswith(suffix):
+        raise UsageError(f"--out {args.out}: this {run.family.name} run writes "
+                         f"{'text' if suffix == '.txt' else suffix[1:].upper()} samples; name a "
+                         f"{suffix} file")
     files = loop.write_samples(run, state, jax.random.PRNGKey(args.seed), args.num, args.out)
     for f in files:
         print(f)

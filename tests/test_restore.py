@@ -245,3 +245,24 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
         np.testing.assert_array_equal(a[k], b[k])
     rows = [r["step"] for r in _rows(tmp_path / "w") if r["split"] == "train"]
     assert rows == sorted(set(rows)) and rows[-1] == steps
+
+
+def test_bpe_run_samples_the_same_text_after_its_training_file_is_deleted(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    with open(os.path.join(REPO, "jaxgen", "train", "loop.py"), encoding="utf-8") as f:
+        corpus.write_text(f.read() * 3)  # any local text: the package's own source
+    w = str(tmp_path / "w")
+    trained = _cli("train", "lm_shakespeare_char:smoke", "--workdir", w, "--no-progress",
+                   "--set", "data.source=text_file", "--set", f"data.path={corpus}",
+                   "--set", "data.tokenizer=bpe", "--set", "data.vocab_size=300",
+                   "--set", "train.steps=2", "--set", "mesh.cpu_devices=1")
+    assert trained.returncode == 0, trained.stderr
+    assert os.path.exists(os.path.join(w, "tokenizer.json"))
+    before = _cli("sample", "--workdir", w, "--num", "2", "--out", str(tmp_path / "a.txt"))
+    assert before.returncode == 0, before.stderr
+    corpus.unlink()
+    after = _cli("sample", "--workdir", w, "--num", "2", "--out", str(tmp_path / "b.txt"))
+    assert after.returncode == 0, after.stderr
+    assert (tmp_path / "a.txt").read_text() == (tmp_path / "b.txt").read_text()
+    wrong = _cli("sample", "--workdir", w, "--num", "2", "--out", str(tmp_path / "c.png"))
+    assert wrong.returncode == 2 and "name a .txt file" in wrong.stderr

@@ -13,6 +13,7 @@ Eval: sequential and finite; the last global batch is padded, with ``mask`` 0 on
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from typing import Any, Callable, Iterator
 
@@ -214,3 +215,36 @@ def make_datasets(config: Any, *, process_index: int | None = None,
         return text_datasets(config.data, pi, pc)
     raise ValueError(f"unknown data.source {source!r}; choose one of "
                      f"{', '.join(images_lib.IMAGE_SOURCES + text_lib.TEXT_SOURCES)}")
+
+
+def saved_info(info: dict) -> dict:
+    """The JSON-able part of a ``Datasets.info`` (what :func:`info_datasets` needs)."""
+    keep = ("kind", "shape", "num_classes", "source", "vocab_size", "seq_len")
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in info.items() if k in keep}
+
+
+def info_datasets(config: Any, info: dict) -> Datasets:
+    """Datasets with no data, for sampling from a trained run without its data files.
+
+    ``info`` is :func:`saved_info` of the training data (the trainer keeps it in the workdir);
+    text runs load their tokenizer from ``data.tokenizer_path``. ``make_eval()`` yields one
+    all-zero batch with the training batch's shapes (models read shapes from it, never values).
+    """
+    info = dict(info)
+    n = int(config.data.eval_batch_size)
+    if info.get("kind") == "text":
+        path = str(config.data.get("tokenizer_path", ""))
+        if config.data.get("tokenizer", "char") != "byte":
+            if not path or not os.path.exists(path):
+                raise ValueError(f"the run's tokenizer file {path!r} is missing; it is needed to "
+                                 "sample without the training text")
+        info["tokenizer"] = make_tokenizer(config.data.get("tokenizer", "char"), "",
+                                           int(config.data.get("vocab_size", 0)), path)
+        batch = {"tokens": np.zeros((n, int(info["seq_len"]) + 1), np.int32)}
+    else:
+        info["shape"] = tuple(info["shape"])
+        batch = {"image": np.zeros((n, *info["shape"]), np.float32), "label": np.zeros(n, np.int32)}
+
+    def make_eval():
+        yield {**batch, "mask": np.ones(n, np.float32)}
+    return Datasets(None, make_eval, info)

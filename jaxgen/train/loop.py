@@ -174,15 +174,32 @@ def _sample_path(run: Run, workdir: str, step: int) -> str:
     return os.path.join(workdir, "samples", f"step_{step:07d}{run.family.sample_suffix}")
 
 
-def _write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-    """Writes workdir/config.json atomically (process 0): only once a restore has succeeded."""
+DATA_INFO_FILE = "data_info.json"  # what sampling needs to know of the data, without the data
+
+
+def _write_json(workdir: str, name: str, obj: Any) -> None:
+    """Writes workdir/name atomically (process 0)."""
     if jax.process_index() != 0:
         return
     os.makedirs(workdir, exist_ok=True)
-    tmp = os.path.join(workdir, ".config.json.tmp")
+    tmp = os.path.join(workdir, f".{name}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(config_to_dict(config), f, indent=2)
-    os.replace(tmp, os.path.join(workdir, "config.json"))
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, os.path.join(workdir, name))
+
+
+def _write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Writes workdir/config.json (process 0): only once a restore has succeeded."""
+    _write_json(workdir, "config.json", config_to_dict(config))
+
+
+def datasets_for_sampling(workdir: str, config: ml_collections.ConfigDict) -> Any:
+    """Data-free datasets from the workdir's saved data info (None for older workdirs)."""
+    path = os.path.join(workdir, DATA_INFO_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return data_lib.info_datasets(config, json.load(f))
 
 
 # ----------------------------------------------------------------------------- train
@@ -306,6 +323,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, family: Family | F
     else:
         start, state = 0, init_state(run, next(iter(run.datasets.make_eval())))
     _write_config(workdir, config)
+    _write_json(workdir, DATA_INFO_FILE, data_lib.saved_info(run.datasets.info))
     writer = MetricWriter(workdir, resume_step=start)
     bar = tqdm(total=total, initial=min(start, total), disable=not progress or jax.process_index() != 0,
                desc=config.experiment or config.family, mininterval=1.0, dynamic_ncols=True)
