@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxgen.nn import kernels
+
 Initializer = Callable[..., jax.Array]
 Dtype = Any
 
@@ -132,3 +134,87 @@ class MLP(nn.Module):
         else:
             raise ValueError(f"unknown MLP kind {self.kind!r}; use 'swiglu' or 'gelu'")
         return Linear(d, ("mlp", "embed"), kernel_init=self.out_init, name="wo", **kw)(h)
+
+
+# --- Pieces shared by the diffusion backbones (jaxgen/nn/unet.py, jaxgen/nn/dit.py) ---------------
+
+def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
+    """Sinusoidal embedding of noise levels t [B] (a timestep, or EDM's c_noise) -> [B, dim].
+
+    ``[cos(t f_0), ..., cos(t f_{h-1}), sin(t f_0), ..., sin(t f_{h-1})]`` with ``h = dim // 2`` and
+    ``f_i = max_period^(-i / h)``: the embedding of ADM (Dhariwal & Nichol 2021) and DiT, itself the
+    Transformer position code (Vaswani et al. 2017) used for timesteps by DDPM (Ho et al. 2020);
+    diffusers' ``Timesteps(flip_sin_to_cos=True, downscale_freq_shift=0)``. An odd ``dim`` gets a
+    zero last column. Always float32.
+    """
+    half = dim // 2
+    freqs = jnp.exp(-jnp.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None, :]
+    emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+    if dim % 2:
+        emb = jnp.concatenate([emb, jnp.zeros_like(emb[:, :1])], axis=-1)
+    return emb
+
+
+def class_labels(labels: jax.Array | None, batch: int, num_classes: int) -> jax.Array | None:
+    """Labels [B] int32 for the label table: None -> all ``num_classes`` (the null label).
+
+    Returns None for an unconditional model (``num_classes == 0``), where labels must be None.
+    """
+    if num_classes == 0:
+        if labels is not None:
+            raise ValueError("labels were given to an unconditional model (num_classes=0)")
+        return None
+    if labels is None:
+        return jnp.full((batch,), num_classes, jnp.int32)
+    return jnp.asarray(labels, jnp.int32)
+
+
+class TimestepMLP(nn.Module):
+    """t [B] -> [B, features]: ``Dense(SiLU(Dense(timestep_embedding(t, freq_dim))))``.
+
+    The time-embedding MLP of DDPM/ADM (freq_dim = C0, features = 4 C0; diffusers'
+    ``TimestepEmbedding``) and DiT (freq_dim = 256, features = hidden).
+    """
+
+    features: int
+    freq_dim: int
+    kernel_init: Initializer = nn.initializers.lecun_normal()
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, t: jax.Array) -> jax.Array:
+        kw = dict(kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype)
+        h = nn.Dense(self.features, name="linear_1", **kw)(timestep_embedding(t, self.freq_dim))
+        return nn.Dense(self.features, name="linear_2", **kw)(nn.silu(h))
+
+
+class ImageSelfAttention(nn.Module):
+    """Bidirectional multi-head self-attention over tokens, x [B, T, D] -> [B, T, D].
+
+    One fused biased q/k/v projection [D, 3D] (laid out (3, heads, head_dim) as in timm/DiT), the
+    attention ``softmax(q k^T / sqrt(head_dim)) v`` by :func:`jaxgen.nn.kernels.attention` (layout
+    BTNH, ``kernel`` picks the implementation) and a biased output projection [D, D], whose
+    initializer is ``out_init`` (zeros in ADM/DDPM-style blocks so they start as the identity).
+    Used by the UNet's spatial attention (tokens = the H*W pixels) and by DiT blocks.
+    """
+
+    num_heads: int
+    kernel: str = "auto"
+    kernel_init: Initializer = nn.initializers.xavier_uniform()
+    out_init: Initializer = nn.initializers.xavier_uniform()
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, t, d = x.shape
+        n = self.num_heads
+        if d % n:
+            raise ValueError(f"attention width {d} is not divisible by num_heads={n}")
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        qkv = nn.Dense(3 * d, kernel_init=self.kernel_init, name="qkv", **kw)(x)
+        q, k, v = jnp.moveaxis(qkv.reshape(b, t, 3, n, d // n), 2, 0)
+        o = kernels.attention(q, k, v, causal=False, kernel=self.kernel).reshape(b, t, d)
+        return nn.Dense(d, kernel_init=self.out_init, name="out", **kw)(o)

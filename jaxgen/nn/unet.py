@@ -1,0 +1,309 @@
+"""The U-Net denoiser of DDPM / ADM / DDPM++: x [B, H, W, C], t [B], labels [B] -> [B, H, W, C_out].
+
+Architecture (Ho et al. 2020; Dhariwal & Nichol 2021, "ADM"; Song et al. 2021, "DDPM++"), laid
+out exactly like diffusers' ``UNet2DModel`` so the two can be compared shape for shape:
+
+- ``time_embed``: sinusoidal embedding of t (dim C0) -> Dense(4 C0) -> SiLU -> Dense(4 C0); plus,
+  for class-conditional models, a ``label_embed`` table of ``num_classes + 1`` rows (row
+  ``num_classes`` is the null label of classifier-free guidance, Ho & Salimans 2022).
+- ``conv_in`` 3x3 to C0; then per level i (resolution H / 2^i, width C_i) ``layers_per_block``
+  residual blocks (each followed by self-attention where ``attention_levels[i]``) and, except at
+  the last level, a stride-2 3x3 conv (or an ADM-style down-resampling resblock).
+- middle: resblock, self-attention, resblock at the lowest resolution.
+- per level, from the lowest: ``layers_per_block + 1`` resblocks, each on the concatenation of the
+  running features and one skip (every down-path output, ``conv_in``'s included, is used once),
+  with attention where the down path had it, then nearest-neighbour 2x upsampling + 3x3 conv
+  except at level 0.
+- ``norm_out`` (GroupNorm) -> SiLU -> ``conv_out`` 3x3 to C_out.
+
+Residual block (ADM): GroupNorm -> SiLU -> conv3x3, add Dense(SiLU(emb)) (or, with
+``scale_shift``, ``GroupNorm(h) * (1 + scale) + shift`` as ADM's use_scale_shift_norm) ->
+GroupNorm -> SiLU -> dropout -> conv3x3, plus a 1x1-projected skip when the width changes.
+Attention block: GroupNorm, tokens [B, H*W, N, C/N] through :func:`jaxgen.nn.kernels.attention`,
+output projection, residual. Heads: ``C // head_dim`` with ``head_dim = 8`` by default, which is
+what diffusers' ``UNet2DModel(attention_head_dim=8)`` means (heads = channels // 8, dim 8 each);
+set ``num_heads`` instead for ADM's fixed head count. With ``zero_init=False`` and a diffusers
+``UNet2DModel``'s weights copied in, the outputs agree to 2e-4 (tests/test_backbones.py).
+
+Parameter names by level: ``down{i}_res{j}``, ``down{i}_attn{j}``, ``down{i}_downsample``,
+``mid_res0``, ``mid_attn``, ``mid_res1``, ``up{i}_res{j}``, ``up{i}_attn{j}``, ``up{i}_upsample``
+(i = resolution level, 0 = full resolution). Parameters are plain (unboxed) arrays in
+``param_dtype``; compute is in ``dtype``; GroupNorm statistics, the embedding sinusoids and the
+final conv and output are float32.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxgen.nn.layers import ImageSelfAttention, TimestepMLP, class_labels
+
+# DDPM's / score_sde's default_init: variance scaling 1.0, fan_avg, uniform.
+DEFAULT_INIT = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
+ZEROS = nn.initializers.zeros
+
+
+def group_count(channels: int, groups: int) -> int:
+    """The largest g <= ``groups`` that divides ``channels`` (32 for 64 channels, 24 for 48)."""
+    g = max(1, min(groups, channels))
+    while channels % g:
+        g -= 1
+    return g
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetConfig:
+    """A U-Net denoiser. The defaults are diffusers' ``UNet2DModel(block_out_channels=(64, 128,
+    128), layers_per_block=2, down_block_types=("DownBlock2D", "AttnDownBlock2D",
+    "AttnDownBlock2D"))``, except ``zero_init`` (diffusers initialises no layer to zero).
+
+    Attributes:
+      block_channels: width C_i of each resolution level.
+      layers_per_block: resblocks per level on the way down (one more per level on the way up).
+      attention_levels: per level, whether its resblocks are followed by self-attention.
+      mid_attention: self-attention between the two middle resblocks.
+      head_dim: attention head width (heads = C // head_dim); used when ``num_heads == 0``.
+      num_heads: a fixed number of heads at every attention block (head width C // num_heads).
+      dropout: dropout rate in each resblock (before its second conv), active when ``train``.
+      num_classes: 0 for an unconditional model, else the number of class labels.
+      norm_groups: GroupNorm groups, reduced per layer to the largest count dividing its width.
+      norm_eps: GroupNorm epsilon.
+      out_channels: output channels; 0 = the input's channels.
+      time_embed_dim: width of the time/label embedding; 0 = 4 * block_channels[0].
+      scale_shift: ADM's scale-shift conditioning (emb -> 2 C per block) instead of adding emb.
+      resblock_updown: resample with resblocks (BigGAN/ADM) instead of stride-2 / nearest+conv.
+      zero_init: zero-initialise each residual branch's last layer and ``conv_out`` (DDPM/ADM), so
+        every residual block starts as the identity and the model outputs 0 at init.
+      attention_kernel: kernel name for :func:`jaxgen.nn.kernels.attention`.
+      dtype: compute dtype. param_dtype: parameter dtype.
+    """
+
+    block_channels: tuple[int, ...] = (64, 128, 128)
+    layers_per_block: int = 2
+    attention_levels: tuple[bool, ...] = (False, True, True)
+    mid_attention: bool = True
+    head_dim: int = 8
+    num_heads: int = 0
+    dropout: float = 0.0
+    num_classes: int = 0
+    norm_groups: int = 32
+    norm_eps: float = 1e-5
+    out_channels: int = 0
+    time_embed_dim: int = 0
+    scale_shift: bool = False
+    resblock_updown: bool = False
+    zero_init: bool = True
+    attention_kernel: str = "auto"
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        if not self.block_channels or self.layers_per_block < 1:
+            raise ValueError("UNetConfig needs at least one level and layers_per_block >= 1")
+        if len(self.attention_levels) != len(self.block_channels):
+            raise ValueError(f"attention_levels has {len(self.attention_levels)} entries for "
+                             f"{len(self.block_channels)} levels")
+        widths = [c for c, a in zip(self.block_channels, self.attention_levels) if a]
+        widths += [self.block_channels[-1]] if self.mid_attention else []
+        for c in widths:
+            self.heads(c)
+
+    @property
+    def levels(self) -> int:
+        return len(self.block_channels)
+
+    @property
+    def emb_dim(self) -> int:
+        return self.time_embed_dim or 4 * self.block_channels[0]
+
+    def heads(self, channels: int) -> int:
+        """Number of attention heads at width ``channels`` (ValueError if it does not divide)."""
+        if self.num_heads > 0:
+            if channels % self.num_heads:
+                raise ValueError(f"width {channels} is not divisible by num_heads={self.num_heads}")
+            return self.num_heads
+        if self.head_dim <= 0 or channels % self.head_dim:
+            raise ValueError(f"width {channels} is not divisible by head_dim={self.head_dim}")
+        return channels // self.head_dim
+
+
+def check_image_size(height: int, width: int, levels: int) -> None:
+    """ValueError unless H and W survive ``levels - 1`` exact halvings."""
+    factor = 2 ** (levels - 1)
+    if height % factor or width % factor:
+        raise ValueError(f"UNet with {levels} levels needs H and W divisible by {factor}; "
+                         f"got {height}x{width}")
+
+
+def group_norm(cfg: UNetConfig, channels: int, name: str) -> nn.GroupNorm:
+    """GroupNorm (Wu & He 2018) over ``channels`` with float32 statistics and float32 output;
+    the group count is the largest <= ``cfg.norm_groups`` that divides ``channels``."""
+    return nn.GroupNorm(group_count(channels, cfg.norm_groups), epsilon=cfg.norm_eps,
+                        dtype=jnp.float32, param_dtype=cfg.param_dtype, name=name)
+
+
+def _resample(x: jax.Array, mode: str) -> jax.Array:
+    """"down": 2x2 average pooling; "up": nearest-neighbour 2x; "none": x. x [B, H, W, C]."""
+    if mode == "down":
+        return nn.avg_pool(x, (2, 2), strides=(2, 2))
+    if mode == "up":
+        return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    return x
+
+
+class ResBlock(nn.Module):
+    """ADM residual block, x [B, H, W, C_in], emb [B, E] -> [B, H', W', out_channels].
+
+    ``resample`` "down"/"up" resamples both branches after the first norm (BigGAN/ADM
+    up/down resblocks); "none" keeps the size.
+    """
+
+    cfg: UNetConfig
+    out_channels: int
+    resample: str = "none"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, emb: jax.Array, train: bool = False) -> jax.Array:
+        cfg, c = self.cfg, self.out_channels
+        conv = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+        h = nn.silu(group_norm(cfg, x.shape[-1], "norm1")(x))
+        h, x = _resample(h, self.resample), _resample(x, self.resample)
+        h = nn.Conv(c, (3, 3), padding=1, kernel_init=DEFAULT_INIT, name="conv1", **conv)(h)
+        e = nn.Dense(2 * c if cfg.scale_shift else c, kernel_init=DEFAULT_INIT, name="emb_proj",
+                     **conv)(nn.silu(emb))[:, None, None, :]
+        norm2 = group_norm(cfg, c, "norm2")
+        if cfg.scale_shift:  # ADM: GroupNorm(h) * (1 + scale) + shift
+            scale, shift = jnp.split(e.astype(jnp.float32), 2, axis=-1)
+            h = norm2(h) * (1 + scale) + shift
+        else:  # DDPM / diffusers: add the embedding before the second norm
+            h = norm2(h + e)
+        h = nn.Dropout(cfg.dropout, deterministic=not train)(nn.silu(h))
+        h = nn.Conv(c, (3, 3), padding=1, kernel_init=ZEROS if cfg.zero_init else DEFAULT_INIT,
+                    name="conv2", **conv)(h)
+        if x.shape[-1] != c:
+            x = nn.Conv(c, (1, 1), kernel_init=DEFAULT_INIT, name="skip", **conv)(x)
+        return x.astype(cfg.dtype) + h
+
+
+class AttentionBlock(nn.Module):
+    """Spatial self-attention with a residual, x [B, H, W, C] -> [B, H, W, C]: GroupNorm, the
+    H*W pixels as tokens [B, H*W, heads, C/heads] through :func:`jaxgen.nn.kernels.attention`,
+    output projection (zero-initialised with ``cfg.zero_init``)."""
+
+    cfg: UNetConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cfg = self.cfg
+        b, hh, ww, c = x.shape
+        h = group_norm(cfg, c, "norm")(x).astype(cfg.dtype).reshape(b, hh * ww, c)
+        h = ImageSelfAttention(cfg.heads(c), kernel=cfg.attention_kernel, kernel_init=DEFAULT_INIT,
+                               out_init=ZEROS if cfg.zero_init else DEFAULT_INIT, dtype=cfg.dtype,
+                               param_dtype=cfg.param_dtype, name="attn")(h)
+        return x.astype(cfg.dtype) + h.reshape(x.shape)
+
+
+class Downsample(nn.Module):
+    """Halves H and W: a stride-2 3x3 conv with padding 1 (diffusers' ``Downsample2D``), or a
+    down-resampling :class:`ResBlock` with ``cfg.resblock_updown``."""
+
+    cfg: UNetConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, emb: jax.Array, train: bool = False) -> jax.Array:
+        cfg, c = self.cfg, x.shape[-1]
+        if cfg.resblock_updown:
+            return ResBlock(cfg, c, resample="down", name="res")(x, emb, train)
+        return nn.Conv(c, (3, 3), strides=(2, 2), padding=1, kernel_init=DEFAULT_INIT,
+                       dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="conv")(x)
+
+
+class Upsample(nn.Module):
+    """Doubles H and W: nearest-neighbour 2x then a 3x3 conv (diffusers' ``Upsample2D``), or an
+    up-resampling :class:`ResBlock` with ``cfg.resblock_updown``."""
+
+    cfg: UNetConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, emb: jax.Array, train: bool = False) -> jax.Array:
+        cfg, c = self.cfg, x.shape[-1]
+        if cfg.resblock_updown:
+            return ResBlock(cfg, c, resample="up", name="res")(x, emb, train)
+        return nn.Conv(c, (3, 3), padding=1, kernel_init=DEFAULT_INIT, dtype=cfg.dtype,
+                       param_dtype=cfg.param_dtype, name="conv")(_resample(x, "up"))
+
+
+class UNet(nn.Module):
+    """The U-Net denoiser (see the module docstring for the layout).
+
+    ``__call__(x [B, H, W, C] float, t [B] float (timestep index or EDM's c_noise; a scalar is
+    broadcast), labels [B] int32 or None (None = the null label), train) -> [B, H, W, C_out]``
+    float32. Raises ValueError when H or W cannot be halved ``levels - 1`` times, or when labels
+    are given to an unconditional model.
+    """
+
+    config: UNetConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, t: jax.Array, labels: jax.Array | None = None,
+                 train: bool = False) -> jax.Array:
+        cfg = self.config
+        b, height, width, c_in = x.shape
+        check_image_size(height, width, cfg.levels)
+        labels = class_labels(labels, b, cfg.num_classes)
+        t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (b,))
+        kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+
+        emb = TimestepMLP(cfg.emb_dim, cfg.block_channels[0], kernel_init=DEFAULT_INIT,
+                          name="time_embed", **kw)(t)
+        if labels is not None:
+            emb = emb + nn.Embed(cfg.num_classes + 1, cfg.emb_dim, name="label_embed",
+                                 embedding_init=nn.initializers.normal(1.0), **kw)(labels)
+
+        h = nn.Conv(cfg.block_channels[0], (3, 3), padding=1, kernel_init=DEFAULT_INIT,
+                    name="conv_in", **kw)(x.astype(cfg.dtype))
+        skips = [h]
+        for i, ch in enumerate(cfg.block_channels):
+            for j in range(cfg.layers_per_block):
+                h = ResBlock(cfg, ch, name=f"down{i}_res{j}")(h, emb, train)
+                if cfg.attention_levels[i]:
+                    h = AttentionBlock(cfg, name=f"down{i}_attn{j}")(h)
+                skips.append(h)
+            if i < cfg.levels - 1:
+                h = Downsample(cfg, name=f"down{i}_downsample")(h, emb, train)
+                skips.append(h)
+
+        h = ResBlock(cfg, cfg.block_channels[-1], name="mid_res0")(h, emb, train)
+        if cfg.mid_attention:
+            h = AttentionBlock(cfg, name="mid_attn")(h)
+        h = ResBlock(cfg, cfg.block_channels[-1], name="mid_res1")(h, emb, train)
+
+        for i in reversed(range(cfg.levels)):
+            ch = cfg.block_channels[i]
+            for j in range(cfg.layers_per_block + 1):
+                h = jnp.concatenate([h, skips.pop().astype(h.dtype)], axis=-1)
+                h = ResBlock(cfg, ch, name=f"up{i}_res{j}")(h, emb, train)
+                if cfg.attention_levels[i]:
+                    h = AttentionBlock(cfg, name=f"up{i}_attn{j}")(h)
+            if i > 0:
+                h = Upsample(cfg, name=f"up{i}_upsample")(h, emb, train)
+
+        h = nn.silu(group_norm(cfg, h.shape[-1], "norm_out")(h))
+        out = nn.Conv(cfg.out_channels or c_in, (3, 3), padding=1, dtype=jnp.float32,
+                      param_dtype=cfg.param_dtype, name="conv_out",
+                      kernel_init=ZEROS if cfg.zero_init else DEFAULT_INIT)(h)
+        return out.astype(jnp.float32)
+
+
+def unet_param_count(cfg: UNetConfig, image_shape: tuple[int, int, int]) -> int:
+    """Number of parameters of ``UNet(cfg)`` for images [H, W, C] (shapes only; no compute)."""
+    x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    t = jax.ShapeDtypeStruct((1,), jnp.float32)
+    labels = None if cfg.num_classes == 0 else jax.ShapeDtypeStruct((1,), jnp.int32)
+    shapes = jax.eval_shape(lambda x, t, y: UNet(cfg).init(jax.random.key(0), x, t, y),
+                            x, t, labels)
+    return sum(int(leaf.size) for leaf in jax.tree.leaves(shapes))

@@ -1,0 +1,321 @@
+"""Diffusion denoiser backbones: jaxgen.nn.unet (ADM/diffusers-style U-Net), jaxgen.nn.dit (DiT).
+
+Tiny widths; parameter counts and structure go through jax.eval_shape (no compute). The diffusers
+comparisons run only where torch and diffusers are installed.
+"""
+import collections
+import dataclasses
+import math
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgen.nn.dit import DiT, DiTConfig, dit_param_count
+from jaxgen.nn.layers import timestep_embedding
+from jaxgen.nn.unet import ResBlock, UNet, UNetConfig, group_count, unet_param_count
+
+# diffusers' UNet2DModel(sample_size=28, in_channels=1, out_channels=1, block_out_channels=(64, 128,
+# 128), layers_per_block=2, down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+# up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D")): sum(p.numel()), diffusers 0.42.1.
+DIFFUSERS_UNET_28_PARAMS = 6_801_409
+# DiT-XL/2 at 256x256 (32x32x4 latents, 1000 classes, learn_sigma), as counted by the DiT repo,
+# whose count includes its frozen 256 x 1152 pos_embed buffer-parameter.
+DIT_XL2_PARAMS = 675_129_632
+
+TINY_UNET = UNetConfig(block_channels=(16, 32), layers_per_block=1, attention_levels=(False, True),
+                       num_classes=3, norm_groups=8, out_channels=2, zero_init=False)
+TINY_DIT = DiTConfig(patch_size=2, hidden=32, depth=2, num_heads=4, num_classes=3, learn_sigma=True)
+
+
+def _inputs(b=2, hw=8, c=1, seed=0):
+    kx, kt = jax.random.split(jax.random.key(seed))
+    return jax.random.normal(kx, (b, hw, hw, c)), jax.random.uniform(kt, (b,), maxval=999.0)
+
+
+def _with(cfg, **changes):
+    return dataclasses.replace(cfg, **changes)
+
+
+def _perturb(params, seed=1, scale=0.1):
+    """Adds noise to every parameter (so zero-initialised layers hide no path under test)."""
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda p: p + scale * rng.standard_normal(p.shape).astype(p.dtype), params)
+
+
+def _fake_params(model, *args, seed=0):
+    """Parameters of the right shapes drawn with numpy: kernels ~ N(0, 1/fan_in), norm scales
+    ~ 1 + N(0, 0.01), biases and embeddings ~ N(0, 0.01) / N(0, 1). Cheaper than a jitted
+    ``init``, whose per-parameter threefry draws take XLA:CPU seconds to compile."""
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        name, shape = path[-1].key, leaf.shape
+        z = rng.standard_normal(shape).astype(np.float32)
+        if name == "kernel":
+            return jnp.asarray(z / np.sqrt(math.prod(shape[:-1])))
+        if name == "embedding":
+            return jnp.asarray(z)
+        return jnp.asarray((1.0 if name == "scale" else 0.0) + 0.1 * z)
+
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *args))
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def test_timestep_embedding_matches_numpy():
+    t = np.array([0.0, 1.0, 17.5, 999.0], np.float32)
+    dim, half = 6, 3
+    freqs = np.exp(-np.log(10000.0) * np.arange(half) / half)
+    want = np.concatenate([np.cos(t[:, None] * freqs), np.sin(t[:, None] * freqs)], axis=1)
+    np.testing.assert_allclose(timestep_embedding(jnp.asarray(t), dim), want, rtol=1e-5, atol=1e-5)
+    odd = timestep_embedding(jnp.asarray(t), 7)
+    assert odd.shape == (4, 7) and odd.dtype == jnp.float32
+    np.testing.assert_array_equal(odd[:, -1], 0.0)
+
+
+def test_group_count_divides():
+    assert [group_count(c, 32) for c in (64, 16, 24, 96, 7)] == [32, 16, 24, 32, 7]
+    assert group_count(48, 32) == 24
+
+
+def test_unet_shapes_and_null_label():
+    x, t = _inputs()
+    model = UNet(TINY_UNET)
+    params = _fake_params(model, x, t, jnp.array([0, 1]))
+    assert params["params"]["label_embed"]["embedding"].shape == (4, 64)  # num_classes + 1 rows
+    y_null, y_3, y_02 = jax.jit(lambda p: (model.apply(p, x, t, None),
+                                           model.apply(p, x, t, jnp.full((2,), 3, jnp.int32)),
+                                           model.apply(p, x, t, jnp.array([0, 2]))))(params)
+    assert y_null.shape == (2, 8, 8, 2) and y_null.dtype == jnp.float32
+    np.testing.assert_array_equal(y_null, y_3)
+    assert not np.allclose(y_null, y_02)
+
+    uncond = UNet(UNetConfig(block_channels=(8, 16), layers_per_block=1,
+                             attention_levels=(True, False)))
+    x3, t3 = _inputs(b=1, hw=4, c=3)
+    shapes = jax.eval_shape(lambda: uncond.init(jax.random.key(0), x3, t3))
+    assert "label_embed" not in shapes["params"]
+    assert jax.eval_shape(uncond.apply, shapes, x3, t3).shape == (1, 4, 4, 3)
+
+
+def test_unet_zero_init():
+    """zero_init (the default): each residual block's last conv and conv_out start at zero."""
+    x, _ = _inputs(b=1, hw=4, c=3)
+    emb = jnp.ones((1, 32))
+    block = ResBlock(UNetConfig(block_channels=(8,), attention_levels=(False,)), 8)
+    out, params = jax.jit(lambda: block.init_with_output(jax.random.key(0), x, emb))()
+    np.testing.assert_array_equal(params["params"]["conv2"]["kernel"], 0.0)
+    skip = params["params"]["skip"]
+    want = jnp.einsum("bhwc,cd->bhwd", x, skip["kernel"][0, 0]) + skip["bias"]
+    np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)
+
+
+def test_unet_adm_variant_traces():
+    """ADM options (scale-shift norm, resblock up/down, fixed head count, dropout in training)."""
+    cfg = UNetConfig(block_channels=(8, 16), layers_per_block=1, attention_levels=(False, True),
+                     num_heads=2, scale_shift=True, resblock_updown=True, dropout=0.1,
+                     num_classes=5)
+    x, t = _inputs(b=2, hw=8, c=3)
+    labels = jnp.array([0, 4])
+    shapes = jax.eval_shape(lambda: UNet(cfg).init(jax.random.key(0), x, t, labels))["params"]
+    assert shapes["down0_res0"]["emb_proj"]["kernel"].shape == (32, 16)  # 2 C for scale, shift
+    assert shapes["down0_downsample"]["res"]["conv1"]["kernel"].shape == (3, 3, 8, 8)
+    assert shapes["up1_upsample"]["res"]["conv2"]["kernel"].shape == (3, 3, 16, 16)
+    out = jax.eval_shape(lambda p: UNet(cfg).apply({"params": p}, x, t, labels, train=True,
+                                                   rngs={"dropout": jax.random.key(1)}), shapes)
+    assert out.shape == (2, 8, 8, 3) and out.dtype == jnp.float32
+
+
+def test_unet_attention_reference_equals_xla():
+    x, t = _inputs()
+    labels = jnp.array([1, 2])
+    params = _fake_params(UNet(TINY_UNET), x, t, labels)
+    ref, xla = jax.jit(lambda p: [UNet(_with(TINY_UNET, attention_kernel=k)).apply(p, x, t, labels)
+                                  for k in ("reference", "xla")])(params)
+    np.testing.assert_allclose(ref, xla, rtol=1e-4, atol=1e-4)
+
+
+def test_unet_diffusers_structure_and_param_count():
+    cfg = UNetConfig()  # the defaults are the diffusers (64, 128, 128) layout
+    assert unet_param_count(cfg, (28, 28, 1)) == DIFFUSERS_UNET_28_PARAMS
+    shapes = jax.eval_shape(lambda: UNet(cfg).init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)),
+                                                   jnp.zeros((1,))))["params"]
+    kinds = collections.Counter(re.sub(r"\d+$", "", k) for k in shapes)
+    for i, attn in enumerate(cfg.attention_levels):
+        assert sum(bool(re.fullmatch(rf"down{i}_res\d", k)) for k in shapes) == 2
+        assert sum(bool(re.fullmatch(rf"up{i}_res\d", k)) for k in shapes) == 3
+        assert sum(bool(re.fullmatch(rf"down{i}_attn\d", k)) for k in shapes) == 2 * attn
+        assert sum(bool(re.fullmatch(rf"up{i}_attn\d", k)) for k in shapes) == 3 * attn
+    assert {"down0_downsample", "down1_downsample", "up1_upsample", "up2_upsample"} <= set(shapes)
+    assert "down2_downsample" not in shapes and "up0_upsample" not in shapes
+    assert kinds["mid_res"] == 2 and "mid_attn" in shapes
+    assert shapes["time_embed"]["linear_1"]["kernel"].shape == (64, 256)  # C0 -> 4 C0
+    assert shapes["up2_res0"]["conv1"]["kernel"].shape == (3, 3, 256, 128)  # 128 + 128 skip
+    assert shapes["up0_res2"]["conv1"]["kernel"].shape == (3, 3, 128, 64)  # 64 + conv_in's 64
+    assert shapes["down1_attn0"]["attn"]["qkv"]["kernel"].shape == (128, 384)
+
+
+def test_unet_param_count_matches_diffusers_model():
+    pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers")
+    model = diffusers.UNet2DModel(
+        sample_size=28, in_channels=1, out_channels=1, block_out_channels=(64, 128, 128),
+        layers_per_block=2, down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
+    assert sum(p.numel() for p in model.parameters()) == DIFFUSERS_UNET_28_PARAMS
+    assert unet_param_count(UNetConfig(), (28, 28, 1)) == DIFFUSERS_UNET_28_PARAMS
+
+
+def _diffusers_name(path: tuple[str, ...], levels: int) -> str:
+    """Our parameter path -> the diffusers UNet2DModel state_dict name (without the leaf)."""
+    top, rest = path[0], list(path[1:])
+    fixed = {"conv_in": "conv_in", "conv_out": "conv_out", "norm_out": "conv_norm_out",
+             "time_embed": "time_embedding", "label_embed": "class_embedding",
+             "mid_res0": "mid_block.resnets.0", "mid_res1": "mid_block.resnets.1",
+             "mid_attn": "mid_block.attentions.0"}
+    if top in fixed:
+        head = fixed[top]
+    else:
+        way, lvl, kind, j = re.fullmatch(r"(down|up)(\d+)_([a-z]+?)(\d*)", top).groups()
+        block = int(lvl) if way == "down" else levels - 1 - int(lvl)
+        sub = {"res": f"resnets.{j}", "attn": f"attentions.{j}", "downsample": "downsamplers.0",
+               "upsample": "upsamplers.0"}[kind]
+        head = f"{way}_blocks.{block}.{sub}"
+    inner = {"emb_proj": "time_emb_proj", "skip": "conv_shortcut", "norm": "group_norm",
+             "out": "to_out.0"}
+    rest = [inner.get(r, r) for r in rest if r != "attn"]
+    return ".".join([head] + rest)
+
+
+def _port_from_torch(params, state_dict, levels):
+    """A copy of our params tree filled with a diffusers UNet2DModel's weights."""
+    sd = {k: v.detach().numpy() for k, v in state_dict.items()}
+
+    def leaf(path, value):
+        keys = tuple(p.key for p in path)[1:]  # drop "params"
+        name, kind = _diffusers_name(keys[:-1], levels), keys[-1]
+        if name.endswith("qkv"):
+            base = name[:-3]
+            suffix = "weight" if kind == "kernel" else "bias"
+            w = np.concatenate([sd[f"{base}to_{n}.{suffix}"] for n in "qkv"], axis=0)
+            return jnp.asarray(w.T if kind == "kernel" else w)
+        w = sd[f"{name}.{'bias' if kind == 'bias' else 'weight'}"]
+        if kind == "embedding":  # diffusers has no null row: append a zero one
+            return jnp.asarray(np.concatenate([w, np.zeros((1, w.shape[1]), w.dtype)]))
+        if kind == "kernel":
+            w = w.transpose(2, 3, 1, 0) if w.ndim == 4 else w.T
+        assert w.shape == value.shape, (name, w.shape, value.shape)
+        return jnp.asarray(w)
+
+    return jax.tree_util.tree_map_with_path(leaf, params)
+
+
+def test_unet_matches_diffusers_numerically():
+    torch = pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    model = diffusers.UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=2, block_out_channels=(32, 64),
+        layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8, num_class_embeds=3).eval()
+    cfg = UNetConfig(block_channels=(32, 64), layers_per_block=1, attention_levels=(False, True),
+                     num_classes=3, norm_groups=8, out_channels=2, attention_kernel="reference")
+    x, t = _inputs()
+    labels = np.array([2, 0], np.int32)
+    params = jax.eval_shape(lambda: UNet(cfg).init(jax.random.key(0), x, t, labels))
+    params = _port_from_torch(params, model.state_dict(), cfg.levels)
+    ours = jax.jit(UNet(cfg).apply)(params, x, t, labels)
+    with torch.no_grad():
+        theirs = model(torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()),
+                       torch.from_numpy(np.array(t)), class_labels=torch.from_numpy(labels)).sample
+    np.testing.assert_allclose(ours, theirs.numpy().transpose(0, 2, 3, 1), rtol=2e-4, atol=2e-4)
+
+
+def test_dit_shapes_and_null_label():
+    x, t = _inputs(hw=8, c=3)
+    model = DiT(TINY_DIT)
+    params = _fake_params(model, x, t, jnp.array([0, 1]))
+    assert params["params"]["y_embedder"]["embedding"].shape == (4, 32)  # num_classes + 1 rows
+    y_null, y_3, y_02 = jax.jit(lambda p: (model.apply(p, x, t, None),
+                                           model.apply(p, x, t, jnp.full((2,), 3, jnp.int32)),
+                                           model.apply(p, x, t, jnp.array([0, 2]))))(params)
+    assert y_null.shape == (2, 8, 8, 6) and y_null.dtype == jnp.float32  # learn_sigma: 2 C
+    np.testing.assert_array_equal(y_null, y_3)
+    assert not np.allclose(y_null, y_02)
+
+    uncond = DiT(_with(TINY_DIT, num_classes=0, learn_sigma=False, depth=1, patch_size=4))
+    shapes = jax.eval_shape(lambda: uncond.init(jax.random.key(0), x, t))
+    assert "y_embedder" not in shapes["params"]
+    assert jax.eval_shape(uncond.apply, shapes, x, t).shape == (2, 8, 8, 3)
+
+
+def test_dit_adaln_zero_at_init():
+    """At init the output is exactly 0 (zero final linear), and every adaLN-Zero block is the
+    identity: with a non-zero final layer, a depth-2 DiT equals a depth-0 DiT that shares its
+    embedders and final layer."""
+    x, t = _inputs(hw=8, c=3)
+    labels = jnp.array([0, 2])
+    shallow_model = DiT(_with(TINY_DIT, depth=0))
+
+    def run():
+        out, params = DiT(TINY_DIT).init_with_output(jax.random.key(0), x, t, labels)
+        p = params["params"]
+        final = {k: (jax.tree.map(lambda a: a + 0.1, v) if k.startswith("final") else v)
+                 for k, v in p.items()}
+        deep = DiT(TINY_DIT).apply({"params": final}, x, t, labels)
+        shallow = shallow_model.apply(
+            {"params": {k: v for k, v in final.items() if not k.startswith("block")}}, x, t, labels)
+        return out, deep, shallow
+
+    out, deep, shallow = jax.jit(run)()
+    np.testing.assert_array_equal(out, 0.0)
+    assert np.abs(np.asarray(deep)).max() > 0
+    np.testing.assert_allclose(deep, shallow, rtol=1e-6, atol=1e-6)
+
+
+def test_dit_xl2_param_count():
+    cfg = DiTConfig(hidden=1152, depth=28, num_heads=16, num_classes=1000, learn_sigma=True)
+    pos_embed = (32 // 2) ** 2 * 1152  # a fixed buffer here, a (frozen) parameter in DiT's count
+    assert dit_param_count(cfg, (32, 32, 4)) + pos_embed == DIT_XL2_PARAMS
+
+
+@pytest.mark.parametrize("family", ["unet", "dit"])
+def test_bfloat16_compute(family):
+    x, t = _inputs(hw=8, c=3)
+    labels = jnp.array([1, 2])
+    cfg, make = (TINY_UNET, UNet) if family == "unet" else (TINY_DIT, DiT)
+    low_model = make(_with(cfg, dtype=jnp.bfloat16))
+    shapes = jax.eval_shape(lambda: low_model.init(jax.random.key(0), x, t, labels))
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(shapes))
+    params = _fake_params(make(cfg), x, t, labels)
+    low, high = jax.jit(lambda p: (low_model.apply(p, x, t, labels),
+                                   make(cfg).apply(p, x, t, labels)))(params)
+    assert low.dtype == jnp.float32 and high.dtype == jnp.float32
+    err = float(jnp.max(jnp.abs(low - high)))
+    assert 0 < err < 0.05 * float(jnp.max(jnp.abs(high))), err
+
+
+def test_bad_inputs_raise():
+    x28 = jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32)
+    t = jax.ShapeDtypeStruct((1,), jnp.float32)
+    four_levels = UNetConfig(block_channels=(8, 8, 8, 8), attention_levels=(False,) * 4)
+    with pytest.raises(ValueError, match="28x28"):
+        jax.eval_shape(lambda x, t: UNet(four_levels).init(jax.random.key(0), x, t), x28, t)
+    with pytest.raises(ValueError, match="unconditional"):
+        jax.eval_shape(lambda x, t: UNet(UNetConfig()).init(jax.random.key(0), x, t,
+                                                            jnp.zeros((1,), jnp.int32)), x28, t)
+    with pytest.raises(ValueError, match="unconditional"):
+        jax.eval_shape(lambda x, t: DiT(_with(TINY_DIT, num_classes=0)).init(
+            jax.random.key(0), x, t, jnp.zeros((1,), jnp.int32)), x28, t)
+    x10 = jax.ShapeDtypeStruct((1, 10, 10, 1), jnp.float32)
+    with pytest.raises(ValueError, match="patch size 4"):
+        jax.eval_shape(lambda x, t: DiT(_with(TINY_DIT, patch_size=4)).init(
+            jax.random.key(0), x, t), x10, t)
+    with pytest.raises(ValueError, match="attention_levels"):
+        UNetConfig(block_channels=(8, 16), attention_levels=(True,))
+    with pytest.raises(ValueError, match="head_dim"):
+        UNetConfig(block_channels=(12,), attention_levels=(True,), head_dim=8)
+    # 28x28 with 3 levels is fine: 28 -> 14 -> 7
+    jax.eval_shape(lambda x, t: UNet(UNetConfig()).init(jax.random.key(0), x, t), x28, t)
