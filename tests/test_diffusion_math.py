@@ -1,0 +1,456 @@
+"""Tests of jaxgen.models.diffusion: schedules, objectives, the variational bound and samplers.
+
+References: Ho et al. 2020 (DDPM), Nichol & Dhariwal 2021 (cosine schedule), Song et al. 2021
+(DDIM), Salimans & Ho 2022 (v), Karras et al. 2022 (EDM), Lu et al. 2022 (DPM-Solver++),
+Ho & Salimans 2022 (classifier-free guidance). The Gaussian-data tests use the exact optimal
+denoiser of x0 ~ N(m, s^2): D(x, sigma) = m + s^2 / (s^2 + sigma^2) (x - m), whose probability-flow
+ODE solution is x(0) = m + (x(sigma_max) - m) s / sqrt(s^2 + sigma_max^2).
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from jaxgen.models.diffusion import likelihood as lik
+from jaxgen.models.diffusion import objectives as obj
+from jaxgen.models.diffusion import samplers as smp
+from jaxgen.models.diffusion import schedules as sch
+from jaxgen.models.diffusion.objectives import DiffusionConfig, bcast
+from jaxgen.models.diffusion.samplers import SamplerConfig
+from jaxgen.models.diffusion.schedules import EDMConfig, Schedule
+
+M, S = 1.0, 0.5  # the 1-D Gaussian data distribution N(M, S^2)
+SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "euler", "heun")
+
+
+def rkey(seed: int) -> jax.Array:
+    """A PRNG key of the "rbg" implementation. The code under test works with any key type; the
+    default partitionable threefry costs ~0.6 s of CPU to compile into every program that draws
+    normals (measured here), rbg ~0.2 s, and these tests compile a few dozen such programs. One
+    test below uses the default threefry keys end to end."""
+    return jax.random.key(seed, impl="rbg")
+
+
+@pytest.fixture(autouse=True)
+def _strict_ranks():
+    with jax.numpy_rank_promotion("raise"):
+        yield
+
+
+def gauss_denoiser(x, sigma, labels=None):
+    """The exact x0-predictor E[x0 | x0 + sigma eps = x] for x0 ~ N(M, S^2); x [N, 1], sigma [N]."""
+    return M + (S**2 / (S**2 + sigma[:, None] ** 2)) * (x - M)
+
+
+def perfect_model(param, schedule, x0):
+    """A raw network that knows x0: returns the exact eps / v / x0 target, or EDM's exact F."""
+    abar_tab = sch.alphas_cumprod(schedule)
+
+    def model_fn(x_in, noise_cond, labels):
+        if param == "edm":
+            c_skip, c_out, c_in, _ = sch.edm_precond(jnp.exp(4.0 * noise_cond))
+            x = x_in / bcast(c_in, x_in)
+            return (x0 - bcast(c_skip, x) * x) / bcast(c_out, x)
+        abar = bcast(abar_tab[jnp.round(noise_cond).astype(jnp.int32)], x_in)
+        eps = (x_in - jnp.sqrt(abar) * x0) / jnp.sqrt(1.0 - abar)
+        return {"eps": eps, "x0": x0 + 0.0 * x_in,
+                "v": jnp.sqrt(abar) * eps - jnp.sqrt(1.0 - abar) * x0}[param]
+
+    return model_fn
+
+
+# ----------------------------------------------------------------------------------- schedules
+def test_linear_schedule_closed_forms():
+    s = Schedule("linear", 1000)
+    betas = np.linspace(1e-4, 0.02, 1000)
+    abar = np.cumprod(1.0 - betas)
+    np.testing.assert_allclose(sch.betas(s), betas, rtol=1e-6)
+    np.testing.assert_allclose(sch.alphas_cumprod(s), abar, rtol=1e-5)
+    np.testing.assert_allclose(sch.sigmas(s), np.sqrt((1 - abar) / abar), rtol=1e-5)
+    np.testing.assert_allclose(sch.snr(s), abar / (1 - abar), rtol=1e-5)
+    np.testing.assert_allclose(sch.log_snr(s), np.log(abar / (1 - abar)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sch.log_snr(s), -2 * np.log(np.asarray(sch.sigmas(s))), atol=1e-4)
+
+
+def test_cosine_schedule_formula():
+    t_count, s_off = 1000, 0.008
+    s = Schedule("cosine", t_count)
+    f = lambda t: np.cos((t / t_count + s_off) / (1 + s_off) * np.pi / 2) ** 2
+    betas = np.asarray(sch.betas(s), np.float64)
+    assert betas.max() <= 0.999 + 1e-7 and betas[-1] == pytest.approx(0.999)
+    assert np.all(betas[:-1] < 0.999)  # only the last beta is clipped at T = 1000
+    abar = np.asarray(sch.alphas_cumprod(s))
+    k = np.arange(t_count - 1)  # index k is Nichol & Dhariwal's t = k + 1
+    np.testing.assert_allclose(abar[k], f(k + 1) / f(0), rtol=2e-5, atol=1e-9)
+    np.testing.assert_allclose(abar, np.cumprod(1 - sch.betas_np(s)), rtol=1e-5, atol=1e-12)
+
+
+def test_sigma_to_t_exact_on_grid_and_log_interpolated_between():
+    s = Schedule("linear", 1000)
+    ts = np.array([0, 1, 37, 500, 998, 999])
+    np.testing.assert_array_equal(sch.sigma_to_t(s, sch.sigmas(s)[ts]), ts.astype(np.float32))
+    log_mid = 0.5 * (np.log(sch.sigmas(s)[10]) + np.log(sch.sigmas(s)[11]))
+    assert float(sch.sigma_to_t(s, jnp.exp(log_mid))) == pytest.approx(10.5, abs=1e-3)
+    np.testing.assert_array_equal(sch.discrete_timesteps(s, 4), [999, 666, 333, 0])
+    sig = sch.discrete_sigmas(s, 1)
+    assert sig.shape == (2,) and float(sig[1]) == 0.0 and sig[0] == sch.sigmas(s)[-1]
+
+
+def test_karras_sigmas_eq5():
+    n, smin, smax, rho = 7, 0.002, 80.0, 7.0
+    got = np.asarray(sch.karras_sigmas(n, smin, smax, rho), np.float64)
+    want = [(smax ** (1 / rho) + i / (n - 1) * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
+            for i in range(n)] + [0.0]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert got[0] == pytest.approx(80.0) and got[-2] == pytest.approx(0.002)
+    np.testing.assert_allclose(sch.karras_sigmas(1), [80.0, 0.0])
+
+
+def test_edm_preconditioning_table1_and_identities():
+    sd = 0.5
+    sigma = np.array([0.002, 0.1, 0.5, 1.0, 10.0, 80.0])
+    c_skip, c_out, c_in, c_noise = (np.asarray(c, np.float64) for c in sch.edm_precond(sigma, sd))
+    np.testing.assert_allclose(c_skip, sd**2 / (sigma**2 + sd**2), rtol=1e-6)
+    np.testing.assert_allclose(c_out, sigma * sd / np.sqrt(sigma**2 + sd**2), rtol=1e-6)
+    np.testing.assert_allclose(c_in, 1 / np.sqrt(sigma**2 + sd**2), rtol=1e-6)
+    np.testing.assert_allclose(c_noise, np.log(sigma) / 4, rtol=1e-6)
+    # Unit input and training-target variance (Karras et al. App. B.6, Eqs. 114-117): with
+    # Var y = sd^2, Var n = sigma^2: Var[c_in (y + n)] = 1, Var[(y - c_skip (y + n)) / c_out] = 1.
+    np.testing.assert_allclose(c_in**2 * (sd**2 + sigma**2), 1.0, rtol=1e-5)
+    target_var = ((1 - c_skip) ** 2 * sd**2 + c_skip**2 * sigma**2) / c_out**2
+    np.testing.assert_allclose(target_var, 1.0, rtol=1e-5)
+    lam = np.asarray(sch.edm_loss_weight(sigma, sd), np.float64)
+    np.testing.assert_allclose(lam, (sigma**2 + sd**2) / (sigma * sd) ** 2, rtol=1e-6)
+    np.testing.assert_allclose(lam * c_out**2, 1.0, rtol=1e-5)  # effective weight on F is 1
+    # The same by Monte Carlo at sigma = 1: the F-target has unit variance.
+    k1, k2 = jax.random.split(rkey(0))
+    n = 100_000
+    y, noise = sd * jax.random.normal(k1, (n,)), jax.random.normal(k2, (n,))
+    cs, co, _, _ = sch.edm_precond(jnp.float32(1.0), sd)
+    f_target = (y - cs * (y + noise)) / co
+    assert float(jnp.var(f_target)) == pytest.approx(1.0, abs=5 * math.sqrt(2 / n))
+
+
+def test_edm_training_sigma_is_log_normal():
+    n = 50_000
+    log_sigma = jnp.log(sch.edm_sample_sigma(rkey(3), (n,), -1.2, 1.2))
+    assert float(jnp.mean(log_sigma)) == pytest.approx(-1.2, abs=5 * 1.2 / math.sqrt(n))
+    assert float(jnp.std(log_sigma)) == pytest.approx(1.2, abs=5 * 1.2 / math.sqrt(2 * n))
+
+
+# ---------------------------------------------------------------------------------- objectives
+def test_forward_process_mean_and_variance():
+    s = Schedule("linear", 1000)
+    n, x0_vals = 40_000, jnp.array([-1.0, 0.3, 1.0])
+    for t in (0, 250, 999):
+        abar = float(sch.alphas_cumprod_np(s)[t])
+        eps = jax.random.normal(rkey(t), (n, 3))
+        xt = obj.q_sample(jnp.broadcast_to(x0_vals, (n, 3)), jnp.full((n,), abar), eps)
+        var = 1 - abar
+        np.testing.assert_allclose(jnp.mean(xt, 0), math.sqrt(abar) * x0_vals,
+                                   atol=5 * math.sqrt(var / n))
+        np.testing.assert_allclose(jnp.var(xt, 0), var, atol=5 * var * math.sqrt(2 / (n - 1)))
+
+
+def test_targets_and_conversions_are_consistent():
+    k1, k2, k3 = jax.random.split(rkey(1), 3)
+    x0, eps = jax.random.normal(k1, (4, 3, 2)), jax.random.normal(k2, (4, 3, 2))
+    abar = jnp.array([0.999, 0.7, 0.2, 1e-3])
+    x_t = obj.q_sample(x0, abar, eps)
+    a, s = jnp.sqrt(bcast(abar, x0)), jnp.sqrt(1 - bcast(abar, x0))
+    np.testing.assert_allclose(obj.training_target("v", x0, eps, abar), a * eps - s * x0, atol=1e-6)
+    for p in ("eps", "v", "x0"):
+        x0_hat, eps_hat = obj.predict_x0_eps(p, obj.training_target(p, x0, eps, abar), x_t, abar)
+        np.testing.assert_allclose(x0_hat, x0, atol=1e-4)
+        np.testing.assert_allclose(eps_hat, eps, atol=1e-4)
+    # For any output: eps-error^2 = SNR x0-error^2, v-error^2 = (1 + SNR) x0-error^2.
+    x0_wrong = x0 + 0.1 * jax.random.normal(k3, x0.shape)
+    snr = bcast(abar / (1 - abar), x0)
+    eps_wrong = obj.predict_x0_eps("x0", x0_wrong, x_t, abar)[1]
+    v_wrong = obj.training_target("v", x0_wrong, eps_wrong, abar)
+    np.testing.assert_allclose((eps_wrong - eps) ** 2, snr * (x0_wrong - x0) ** 2, rtol=2e-3)
+    np.testing.assert_allclose((v_wrong - obj.training_target("v", x0, eps, abar)) ** 2,
+                               (1 + snr) * (x0_wrong - x0) ** 2, rtol=2e-3)
+
+
+@pytest.mark.parametrize("param", ["eps", "v", "x0", "edm"])
+def test_loss_is_zero_for_perfect_model_and_positive_for_zeros(param):
+    x0 = jax.random.uniform(rkey(2), (8, 4, 4, 1), minval=-1, maxval=1)
+    cfg = DiffusionConfig(param, Schedule("linear", 1000))
+    rng = rkey(5)
+    perfect = obj.diffusion_loss(perfect_model(param, cfg.schedule, x0), x0, None, rng, cfg)
+    zeros = obj.diffusion_loss(lambda x, c, _: jnp.zeros_like(x), x0, None, rng, cfg)
+    assert perfect.shape == (8,) and float(jnp.max(perfect)) < 1e-6
+    assert float(jnp.min(zeros)) > 1e-3
+
+
+def test_x0_loss_weights_truncated_snr():
+    x0 = jax.random.uniform(rkey(2), (64, 3), minval=-1, maxval=1)
+    seen = []
+
+    def zeros(x, t, labels):
+        seen.append(t)
+        return jnp.zeros_like(x)
+
+    s = Schedule("linear", 1000)
+    for weighting in ("snr_trunc", "plain"):
+        loss = obj.diffusion_loss(zeros, x0, None, rkey(0),
+                                  DiffusionConfig("x0", s, x0_weighting=weighting))
+        snr = sch.snr(s)[seen[-1].astype(jnp.int32)]
+        w = jnp.maximum(snr, 1.0) if weighting == "snr_trunc" else 1.0
+        np.testing.assert_allclose(loss, w * jnp.mean(x0**2, -1), rtol=1e-5)
+    assert float(jnp.min(snr)) < 1 < float(jnp.max(snr))  # both branches of max(SNR, 1) used
+
+
+def test_label_dropout_rate():
+    labels = jnp.zeros((20_000,), jnp.int32)
+    dropped = obj.drop_labels(rkey(0), labels, 0.1, 10)
+    frac = float(jnp.mean(dropped == 10))
+    assert frac == pytest.approx(0.1, abs=5 * math.sqrt(0.09 / 20_000))
+    assert set(np.unique(dropped)) <= {0, 10}
+
+
+@pytest.mark.parametrize("param", ["eps", "v", "x0", "edm"])
+def test_denoiser_of_perfect_model_returns_x0(param):
+    x0 = jax.random.uniform(rkey(2), (3, 4, 4, 1), minval=-1, maxval=1)
+    cfg = DiffusionConfig(param, Schedule("linear", 1000))
+    d = obj.denoiser(perfect_model(param, cfg.schedule, x0), cfg)
+    sigmas = obj.sampling_sigmas(cfg, 5)[:-1]
+    for sigma in sigmas:
+        x = x0 + sigma * jax.random.normal(rkey(7), x0.shape)
+        np.testing.assert_allclose(d(x, jnp.full((3,), sigma), None), x0,
+                                   atol=1e-6 * max(1.0, float(sigma)))
+
+
+# ---------------------------------------------------------------------------------- likelihood
+def grid_images(key, shape):
+    """8-bit images in [-1, 1] (k / 127.5 - 1), with both edge values present."""
+    k = jax.random.randint(key, shape, 0, 256).at[0, 0, 0, 0].set(0).at[0, 0, 1, 0].set(255)
+    return k.astype(jnp.float32) / 127.5 - 1.0
+
+
+def test_prior_kl_matches_direct_computation():
+    x0 = grid_images(rkey(0), (2, 4, 4, 3))
+    for s in (Schedule("linear", 1000), Schedule("linear", 20)):
+        abar_last = np.cumprod(1 - np.linspace(1e-4, 0.02, s.num_steps))[-1]
+        mu, var = np.sqrt(abar_last) * np.asarray(x0, np.float64), 1 - abar_last
+        want = (0.5 * (mu**2 + var - 1 - np.log(var))).reshape(2, -1).sum(-1)
+        np.testing.assert_allclose(lik.prior_kl(x0, s), want, rtol=1e-3)
+
+
+def test_discretized_gaussian_matches_scipy_and_normalises():
+    grid = np.arange(256) / 127.5 - 1
+    for mean, std in ((0.3, 0.05), (-0.9, 0.01), (0.99, 0.2)):
+        lp = lik.discretized_gaussian_log_likelihood(jnp.asarray(grid, jnp.float32), mean,
+                                                     jnp.log(jnp.float32(std)))
+        upper = np.where(grid > 0.999, np.inf, (grid + 1 / 255 - mean) / std)
+        lower = np.where(grid < -0.999, -np.inf, (grid - 1 / 255 - mean) / std)
+        prob = np.where(lower > 0, norm.sf(lower) - norm.sf(upper),
+                        norm.cdf(upper) - norm.cdf(lower))
+        ok = prob > 1e-30
+        np.testing.assert_allclose(np.asarray(lp)[ok], np.log(prob[ok]), rtol=2e-4, atol=2e-5)
+        assert float(jnp.sum(jnp.exp(lp))) == pytest.approx(1.0, abs=1e-5)
+
+
+def _direct_vlb(x0, x0_hat, schedule, model_variance):
+    """Float64 numpy version of Ho et al. (2020) Eq. 5 for a model whose x0_hat does not depend on
+    x_t: the KL terms are then deterministic (the posterior means differ by coef (x0 - x0_hat))."""
+    betas = sch.betas_np(schedule)
+    abar = np.cumprod(1 - betas)
+    abar_prev = np.append(1.0, abar[:-1])
+    var_q = betas * (1 - abar_prev) / (1 - abar)
+    var_p = var_q if model_variance == "small" else betas
+    coef = np.sqrt(abar_prev) * betas / (1 - abar)
+    x0, x0_hat = np.asarray(x0, np.float64), np.asarray(x0_hat, np.float64)
+    sq = ((x0 - x0_hat) ** 2).reshape(len(x0), -1)
+    diffusion = sum(0.5 * (np.log(var_p[t] / var_q[t]) + var_q[t] / var_p[t] - 1) * sq.shape[1]
+                    + (coef[t] ** 2 * sq).sum(-1) / (2 * var_p[t]) for t in range(1, len(betas)))
+    std = math.sqrt(var_q[1])
+    g = x0.reshape(len(x0), -1)
+    m = x0_hat.reshape(len(x0), -1)
+    upper = np.where(g > 0.999, np.inf, (g + 1 / 255 - m) / std)
+    lower = np.where(g < -0.999, -np.inf, (g - 1 / 255 - m) / std)
+    decoder = -np.log(norm.cdf(upper) - norm.cdf(lower)).sum(-1)
+    return decoder, diffusion
+
+
+@pytest.mark.parametrize("model_variance", ["large", "small"])
+def test_vlb_terms_match_direct_computation(model_variance):
+    s = Schedule("linear", 20)
+    x0 = grid_images(rkey(1), (2, 4, 4, 1))
+    u = jax.random.uniform(rkey(3), x0.shape, minval=-1, maxval=1)
+    x0_hat = jnp.clip(x0 + 0.02 * u, -1, 1)  # within ~2 decoder std of x0: no float64 underflow
+    cfg = DiffusionConfig("x0", s)
+    terms = jax.jit(lambda k: lik.vlb_terms(lambda x, t, _: x0_hat + 0.0 * x, x0, None, k, cfg,
+                                            model_variance=model_variance))(rkey(2))
+    decoder, diffusion = _direct_vlb(x0, x0_hat, s, model_variance)
+    np.testing.assert_allclose(terms["decoder"], decoder, rtol=1e-4)
+    np.testing.assert_allclose(terms["diffusion"], diffusion, rtol=1e-4)
+
+
+def test_bound_orders_models_and_monte_carlo_is_unbiased():
+    s = Schedule("linear", 20)
+    x0 = grid_images(rkey(1), (2, 4, 4, 1))
+    rng = rkey(3)
+    bpd = {p: lik.nll_bits_per_dim(perfect_model(p, s, x0), x0, None, rng, DiffusionConfig(p, s))
+           for p in ("x0", "eps")}
+    np.testing.assert_allclose(bpd["eps"], bpd["x0"], rtol=1e-3)  # the same model, two heads
+    cfg = DiffusionConfig("x0", s)
+    zeros = lik.nll_bits_per_dim(lambda x, t, _: jnp.zeros_like(x), x0, None, rng, cfg)
+    assert bool(jnp.all(zeros > bpd["x0"] + 1.0))
+    # The uniform-t estimate (K = 3) averages to the exact sum over t (x0_hat independent of x_t,
+    # so the exact value is deterministic and the estimator's only noise is the draw of t).
+    half = lambda x, t, _: 0.5 * x0 + 0.0 * x
+    exact = lik.nll_bits_per_dim(half, x0, None, rng, cfg)
+    keys = jax.random.split(rkey(4), 400)
+    est = jax.jit(jax.vmap(lambda k: lik.nll_bits_per_dim(half, x0, None, k, cfg, 3)))(keys)
+    se = np.std(np.asarray(est), 0) / math.sqrt(len(keys))
+    assert np.all(np.abs(np.mean(np.asarray(est), 0) - np.asarray(exact)) < 5 * se)
+    assert np.all(se > 0)
+
+
+# ------------------------------------------------------------------------------------ samplers
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_every_sampler_recovers_x0_with_a_perfect_denoiser(name):
+    x0 = jax.random.uniform(rkey(2), (2, 4, 4, 1), minval=-1, maxval=1)
+    discrete_param = {"ddpm": "eps", "ddim": "v", "dpmpp_2m": "x0", "euler": "eps", "heun": "v"}
+    for steps, param in ((1, discrete_param[name]), (4, "edm")):
+        cfg = DiffusionConfig(param, Schedule("linear", 1000))
+        d = obj.denoiser(perfect_model(param, cfg.schedule, x0), cfg)
+        sc = SamplerConfig(name, steps, eta=0.5 if name == "ddim" else 0.0,
+                           s_churn=1.0 if name == "heun" and param == "edm" else 0.0)
+        out = smp.sample(d, x0.shape, rkey(steps), sc, obj.sampling_sigmas(cfg, steps))
+        np.testing.assert_allclose(out, x0, atol=1e-4)
+
+
+def test_ddim_eta1_equals_ddpm_ancestral():
+    n, sched = 4000, Schedule("linear", 1000)
+    sig = sch.discrete_sigmas(sched, 1000)
+    ddim = smp.sample(gauss_denoiser, (n, 1), rkey(0), SamplerConfig("ddim", 1000, 1.0), sig)
+    ddpm = smp.sample(gauss_denoiser, (n, 1), rkey(0), SamplerConfig("ddpm", 1000), sig)
+    np.testing.assert_allclose(ddim, ddpm, atol=1e-4)  # the same map, given the same noise
+    ddpm2 = smp.sample(gauss_denoiser, (n, 1), rkey(1), SamplerConfig("ddpm", 1000), sig)
+    se_mean, se_std = S / math.sqrt(n), S / math.sqrt(2 * n)
+    for a in (ddim, ddpm2):  # each matches the data within Monte-Carlo error
+        assert abs(float(a.mean()) - M) < 5 * se_mean and abs(float(a.std()) - S) < 5 * se_std
+    assert abs(float(ddim.mean() - ddpm2.mean())) < 5 * math.sqrt(2) * se_mean
+    assert abs(float(ddim.std() - ddpm2.std())) < 5 * math.sqrt(2) * se_std
+
+
+def test_deterministic_samplers_on_gaussian_data_and_second_order():
+    n, rng = 4000, rkey(0)
+
+    def run(name, steps, sig):
+        out = smp.sample(gauss_denoiser, (n, 1), rng, SamplerConfig(name, steps), sig)
+        x_init = smp.init_state((n, 1), rng, sig).x  # exact probability-flow ODE solution:
+        exact = M + (x_init - M) * S / jnp.sqrt(S**2 + sig[0] ** 2)
+        return out, float(jnp.sqrt(jnp.mean((out - exact) ** 2)))
+
+    err, outs = {}, {}
+    for nfe in (31, 63):
+        for name in ("euler", "heun", "dpmpp_2m"):
+            steps = (nfe + 1) // 2 if name == "heun" else nfe
+            assert smp.num_network_evals(SamplerConfig(name, steps)) == nfe
+            outs[name], err[name, nfe] = run(name, steps, sch.karras_sigmas(steps))
+    for name in ("heun", "dpmpp_2m"):  # more accurate than Euler at equal evaluations ...
+        assert err[name, 63] < 0.5 * err["euler", 63]
+        assert err[name, 31] / err[name, 63] > 3.2  # ... and second order: error / ~4 per 2x NFE
+    assert 1.6 < err["euler", 31] / err["euler", 63] < 2.5  # Euler: first order
+    outs["ddim"], err["ddim"] = run("ddim", 250, sch.discrete_sigmas(Schedule("linear"), 250))
+    assert err["ddim"] < 0.01 and err["heun", 63] < 0.01 and err["dpmpp_2m", 63] < 0.01
+    # Moments vs the data: 5 standard errors plus the discretisation error bounded just above,
+    # plus the prior's mean offset M S / sigma_max (sampling starts from N(0, sigma_max^2)).
+    for name in ("ddim", "heun", "dpmpp_2m"):
+        tol = 0.01 + M * S / 80.0
+        assert abs(float(outs[name].mean()) - M) < 5 * S / math.sqrt(n) + tol
+        assert abs(float(outs[name].std()) - S) < 5 * S / math.sqrt(2 * n) + 0.01
+
+
+def labelled_denoiser(calls):
+    """A nonlinear, label-dependent x0-predictor that records each call's batch size."""
+    def d(x, sigma, labels):
+        jax.debug.callback(lambda: calls.append(x.shape[0]))
+        out = 0.9 * jnp.tanh(x / jnp.sqrt(1.0 + bcast(sigma, x) ** 2))
+        return out if labels is None else out + 0.1 * bcast(labels.astype(jnp.float32), x)
+    return d
+
+
+def test_guidance_scale_one_is_the_conditional_model():
+    n, null = 3, 5
+    labels = jnp.array([0, 1, 2])
+    x = jax.random.normal(rkey(0), (n, 2))
+    sigma = jnp.full((n,), 2.0)
+    calls = []
+    d = labelled_denoiser(calls)
+    cond, uncond = d(x, sigma, labels), d(x, sigma, jnp.full((n,), null))
+    jax.effects_barrier()
+    calls.clear()
+    np.testing.assert_array_equal(smp.guided_denoiser(d, 1.0, labels, null)(x, sigma), cond)
+    g3 = smp.guided_denoiser(d, 3.0, labels, null)(x, sigma)
+    jax.effects_barrier()
+    assert calls == [n, 2 * n]  # w = 1: one call on N; w != 1: ONE call on [cond; uncond]
+    np.testing.assert_allclose(g3, uncond + 3.0 * (cond - uncond), atol=1e-6)
+    sig, cfg = sch.karras_sigmas(3), SamplerConfig("heun", 3, guidance=1.0)
+    guided = smp.sample(d, (n, 2), rkey(1), cfg, sig, labels=labels, null_label=null)
+    plain = smp.sample(lambda x, s, _: d(x, s, labels), (n, 2), rkey(1), cfg, sig)
+    np.testing.assert_array_equal(guided, plain)
+
+
+@pytest.mark.parametrize("cfg", [
+    SamplerConfig("ddpm", 3), SamplerConfig("ddim", 3, eta=0.5), SamplerConfig("dpmpp_2m", 4),
+    SamplerConfig("euler", 3, s_churn=1.0), SamplerConfig("heun", 3, s_churn=1.0),
+    SamplerConfig("heun", 3, guidance=2.0)], ids=lambda c: f"{c.name}-w{c.guidance}")
+def test_compiled_sampler_equals_python_loop_and_counts_evaluations(cfg):
+    n, shape, calls = 2, (2, 3, 2), []
+    labels, null = jnp.array([1, 2]), 0
+    sig = sch.karras_sigmas(cfg.steps)
+    key = jax.random.key(7) if cfg.name == "ddpm" else rkey(7)  # default threefry keys once
+    args = (labelled_denoiser(calls), shape, key, cfg, sig, labels, null)
+    x_scan, traj_scan = smp.sample(*args, return_trajectory=True)
+    jax.effects_barrier()
+    per_call = 2 if cfg.guidance != 1.0 else 1
+    assert len(calls) * per_call == smp.num_network_evals(cfg)  # evaluations actually run
+    assert set(calls) == {n * per_call}
+    x_loop, traj_loop = smp.sample_python_loop(*args, return_trajectory=True)
+    assert traj_scan.shape == (cfg.steps, *shape)
+    # Step for step, to float32 rounding (XLA fuses the scan body and the jitted step differently;
+    # states reach |x| ~ sigma_max = 80). A wrong key or step would differ by O(sigma).
+    np.testing.assert_allclose(traj_scan, traj_loop, rtol=1e-4, atol=1e-5 * 80)
+    np.testing.assert_array_equal(x_scan, traj_scan[-1])
+    np.testing.assert_array_equal(x_loop, traj_loop[-1])
+
+
+def test_num_network_evals():
+    assert smp.num_network_evals(SamplerConfig("heun", 18)) == 35
+    assert smp.num_network_evals(SamplerConfig("heun", 18, guidance=3.0)) == 70
+    assert smp.num_network_evals(SamplerConfig("heun", 1)) == 1
+    assert smp.num_network_evals(SamplerConfig("dpmpp_2m", 20, guidance=0.0)) == 40
+    assert smp.num_network_evals(SamplerConfig("ddim", 50)) == 50
+
+
+def test_bad_inputs_raise_one_line_value_errors():
+    key = rkey(0)
+    cases = [
+        lambda: Schedule("quadratic"), lambda: Schedule("linear", 0),
+        lambda: SamplerConfig("plms", 10), lambda: SamplerConfig("ddim", 0),
+        lambda: SamplerConfig("ddim", -3), lambda: SamplerConfig("ddim", 2.5),
+        lambda: DiffusionConfig("score"), lambda: DiffusionConfig(x0_weighting="snr"),
+        lambda: DiffusionConfig(cond_drop_prob=0.1), lambda: EDMConfig(sigma_min=0.0),
+        lambda: sch.karras_sigmas(0), lambda: sch.discrete_sigmas(Schedule(), 0),
+        lambda: sch.discrete_sigmas(Schedule("linear", 10), 11),
+        lambda: smp.sample(gauss_denoiser, (2, 1), key, SamplerConfig("ddim", 3),
+                           sch.karras_sigmas(4)),
+        lambda: smp.sample(gauss_denoiser, (2, 1), key, SamplerConfig("ddim", 2),
+                           jnp.array([1.0, 2.0, 0.0])),
+        lambda: smp.sample(gauss_denoiser, (2, 1), key, SamplerConfig("ddim", 3, guidance=2.0),
+                           sch.karras_sigmas(3)),
+        lambda: lik.nll_bits_per_dim(gauss_denoiser, jnp.zeros((1, 2, 2, 1)), None, key,
+                                     DiffusionConfig("edm")),
+    ]
+    for case in cases:
+        with pytest.raises(ValueError) as info:
+            case()
+        assert str(info.value) and "\n" not in str(info.value)
