@@ -4,8 +4,13 @@ The backbone follows the DDPM++ (VP) CIFAR-10 model of Song et al. (2021, "Score
 Generative Modeling through SDEs", Table 3): 128 base channels with multipliers (1, 2, 2, 2),
 BigGAN-style residual up/down-sampling, scale-shift conditioning, attention at 16x16, dropout
 0.1, 4 residual blocks per resolution; trained with eps prediction on the linear schedule
-(Ho et al. 2020), batch 128, Adam 2e-4 with warm-up, EMA 0.9999. This machine has neither
-the data nor the network to prepare it:
+(Ho et al. 2020), batch 128, Adam 2e-4 with warm-up, EMA 0.9999, bfloat16 compute.
+
+Variants:
+  default      unconditional, as in the paper.
+  conditional  class-conditional with label dropout 0.1, for classifier-free guidance.
+
+This machine has neither the data nor the network to prepare it:
 
   tfds build cifar10 --data_dir ~/tensorflow_datasets      # needs pip install jaxgen[prepare]
   jaxgen train diffusion_cifar10 --set data.data_dir=~/tensorflow_datasets

@@ -1,7 +1,7 @@
 """VAE on the embedded offline MNIST (4,000 train / 1,000 test digits, binarized at 0.5).
 
 Variants:
-  default   the tuned recipe (see the numbers below).
+  default   the tuned recipe: MLP 512-256, 32 latents, Bernoulli, EMA, 7,000 steps.
   baseline  the Flax example's VAE: 784-500-20 MLP, Bernoulli, Adam 1e-3, batch 128.
   smoke     a tiny model for a few dozen steps, for tests of the CLI.
 

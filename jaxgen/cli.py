@@ -52,10 +52,19 @@ def _add_distributed(p: argparse.ArgumentParser) -> None:
                    help="give up when the coordinator cannot be reached in this time (default 300)")
 
 
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("jaxgen")
+    except Exception:  # noqa: BLE001 - not installed: a source checkout
+        return "0.1.0 (source)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jaxgen", description="Train, sample and evaluate generative models in JAX.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"jaxgen {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     t = sub.add_parser("train", help="train an experiment (resumes an existing workdir)",
@@ -77,6 +86,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="override an eval setting, e.g. --set eval.iwae_k=100")
     _add_distributed(e)
 
+    sub.add_parser("list", help="list the experiments, their variants and what each is",
+                   description="List every recipe on the experiment search path "
+                   "($JAXGEN_EXPERIMENTS, ./experiments, the checkout's experiments/).")
+    c = sub.add_parser("config", help="print an experiment's resolved config, key by key",
+                       description="Print every key of EXPERIMENT[:VARIANT] with its type and "
+                       "value: each line's key=value can be passed back with --set.")
+    c.add_argument("experiment", metavar="EXPERIMENT[:VARIANT]")
+    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value first (repeatable)")
+
     s = sub.add_parser("sample", help="draw samples from a trained model",
                        description="Draw NUM samples from the newest checkpoint of WORKDIR and "
                        "write them to OUT (a PNG grid for images, text for language models).")
@@ -86,6 +105,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a sampling setting, e.g. --set sample.temperature=0.8")
+
+    b = sub.add_parser("bench", add_help=False, help="benchmark suite: attention | denoise | "
+                       "train | all (jaxgen bench NAME --help)")
+    b.add_argument("bench_args", nargs=argparse.REMAINDER, metavar="NAME [options]")
     return parser
 
 
@@ -145,14 +168,12 @@ def _init_distributed(args) -> None:
 
 
 def cmd_train(args) -> int:
-    from jaxgen import experiments
+    from jaxgen import experiments, models
     from jaxgen.train import host, loop
 
     config = experiments.get_config(args.experiment)
     workdir = args.workdir or os.path.join("workdirs", config.experiment.replace(":", "_")
                                            .removesuffix("_default"))
-    from jaxgen import models
-
     loop.check_workdir(workdir, config)
     if os.path.exists(os.path.join(workdir, "config.json")):
         # Resuming: the workdir's own config is the base, so a resumed run continues exactly.
@@ -176,57 +197,31 @@ def cmd_train(args) -> int:
     return 0
 
 
-# Keys ``jaxgen eval --set`` and ``jaxgen sample --set`` may change: they do not alter the
-# trained state, so the workdir's checkpoints stay valid.
-READ_ONLY_OVERRIDES = ("eval.", "sample.", "data.eval_batch_size")
-
-
-def _check_read_only_overrides(command: str, overrides: list[str]) -> None:
-    from jaxgen.errors import UsageError
-    for item in overrides:
-        key = item.partition("=")[0].strip()
-        if not key.startswith(READ_ONLY_OVERRIDES):
-            raise UsageError(f"--set {key}: jaxgen {command} only takes evaluation and sampling "
-                             f"settings (eval.*, sample.*, data.eval_batch_size); a model or "
-                             f"training change needs jaxgen train")
-
-
 def _restored_run(args, need_data: bool = True):
-    from jaxgen import experiments, models
+    """``jaxgen.load`` of ``--workdir`` with the ``--set`` overrides, after the CPU host split
+    (which must happen before JAX starts)."""
+    from jaxgen import api, experiments
     from jaxgen.train import host, loop
 
-    _check_read_only_overrides(args.command, args.overrides)
     config = loop.load_config(args.workdir)
-    config.lock()
-    experiments.apply_overrides(config, args.overrides)
+    with config.ignore_type():
+        try:
+            experiments.apply_overrides(config, args.overrides)
+        except ValueError:
+            pass  # api.load reports it with the right message
     host.configure_cpu_host(config, distributed=_distributed(args))
-    datasets = None if need_data else loop.datasets_for_sampling(args.workdir, config)
-    run = loop.build(config, family=models.make_family, datasets=datasets)
-    step, state = loop.restore_latest(run, args.workdir)
-    return run, step, state
+    return api.load(args.workdir, args.overrides, need_data=need_data)
 
 
 def cmd_eval(args) -> int:
     import jax
 
-    from jaxgen.train import evaluate as evaluate_lib
-    from jaxgen.train import loop
+    from jaxgen import api
 
-    log = logging.getLogger("jaxgen")
     _init_distributed(args)
-    run, step, state = _restored_run(args)
-    results = {"experiment": run.config.experiment, "step": int(step)}
-    results.update(loop.evaluate(run, state, samples=False))
-    if run.family.final_eval is not None:
-        results.update(run.family.final_eval(state, run.datasets.make_eval()))
-    if evaluate_lib.sample_reference(run) is not None:
-        log.info("scoring %d samples (eval.num_samples) with the LeNet feature network",
-                 int(run.config.eval.get("num_samples", 1000)))
-        results.update(evaluate_lib.sample_metrics(run, state))
-    if run.family.visualize is not None:
-        batch = next(iter(run.datasets.make_eval()))
-        run.family.visualize(state, jax.random.PRNGKey(0), batch,
-                             os.path.join(args.workdir, "eval"))
+    run = _restored_run(args)
+    results = api.full_evaluation(run.built, run.state, run.step,
+                                  figures_prefix=os.path.join(args.workdir, "eval"))
     if jax.process_index() == 0:
         with open(os.path.join(args.workdir, "eval.json"), "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2)
@@ -237,13 +232,13 @@ def cmd_eval(args) -> int:
 def cmd_sample(args) -> int:
     import jax
 
-    from jaxgen.train import loop
-
     from jaxgen.errors import UsageError
+    from jaxgen.train import loop
 
     if args.num <= 0:
         raise UsageError(f"--num must be positive, got {args.num}")
-    run, _, state = _restored_run(args, need_data=False)
+    restored = _restored_run(args, need_data=False)
+    run, state = restored.built, restored.state
     suffix = run.family.sample_suffix
     if not args.out.endswith(suffix):
         raise UsageError(f"--out {args.out}: this {run.family.name} run writes "
@@ -255,10 +250,51 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    """``jaxgen bench NAME ...`` runs ``python -m benchmarks NAME ...``: the suite lives in the
+    source checkout's ``benchmarks/`` folder, next to ``jaxgen/``."""
+    from jaxgen.errors import UsageError
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.isfile(os.path.join(root, "benchmarks", "suite.py")) and root not in sys.path:
+        sys.path.insert(0, root)
+    try:
+        from benchmarks.__main__ import main as bench_main
+    except ImportError as e:
+        raise UsageError(f"jaxgen bench needs a source checkout with benchmarks/ next to "
+                         f"jaxgen/ (looked in {root}): {e}") from e
+    return bench_main(args.bench_args, prog="jaxgen bench")
+
+
+def cmd_list(args) -> int:
+    from jaxgen import experiments
+
+    rows = experiments.describe_all()
+    if not rows:
+        raise ValueError("no experiments found; set JAXGEN_EXPERIMENTS or run from a checkout")
+    width = max(len(f"{n}:{v}") for n, v, _ in rows)
+    for name, variant, text in rows:
+        print(f"{name + ':' + variant:<{width}}  {text}")
+    return 0
+
+
+def cmd_config(args) -> int:
+    from jaxgen import experiments
+
+    config = experiments.get_config(args.experiment)
+    experiments.apply_overrides(config, args.overrides)
+    items = experiments.flat_items(config)
+    width = max(len(k) for k, _ in items)
+    for key, value in items:
+        print(f"{key:<{width}}  {type(value).__name__:<5}  {experiments.format_value(value)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _quiet_libraries()
-    commands = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample}
+    commands = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "bench": cmd_bench,
+                "list": cmd_list, "config": cmd_config}
     from jaxgen.errors import RunError
     try:
         return commands[args.command](args)
@@ -274,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jaxgen {args.command}: error: {msg.splitlines()[0] if msg else type(e).__name__}",
               file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `jaxgen config ... | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"jaxgen {args.command}: interrupted", file=sys.stderr)
         return 130

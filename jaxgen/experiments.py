@@ -64,6 +64,64 @@ def load_recipe(name: str) -> Any:
     return module
 
 
+def variant_descriptions(module: Any) -> dict[str, str]:
+    """{variant: one-line description} of a recipe module.
+
+    From its ``DESCRIPTIONS`` dict when it has one, else from the ``Variants:`` block of its
+    docstring (lines ``  name   text``); a variant with neither gets the docstring's first line.
+    """
+    variants = tuple(getattr(module, "VARIANTS", ("default",)))
+    found = dict(getattr(module, "DESCRIPTIONS", {}))
+    doc = (module.__doc__ or "").strip()
+    lines = doc.splitlines()
+    if "Variants:" in lines:
+        current = None
+        for line in lines[lines.index("Variants:") + 1:]:
+            parts = line.split(None, 1)
+            if line.startswith("  ") and not line.startswith("   ") and parts and parts[0] in variants:
+                current = parts[0] if parts[0] not in found else None
+                if current:
+                    found[current] = parts[1].strip() if len(parts) > 1 else ""
+            elif current and line.startswith("   ") and line.strip():
+                found[current] += " " + line.strip()  # a continuation line
+            else:
+                current = None
+    headline = lines[0] if lines else ""
+    return {v: found.get(v) or headline for v in variants}
+
+
+def describe_all() -> list[tuple[str, str, str]]:
+    """(experiment, variant, description) of every recipe on the search path."""
+    rows = []
+    for name in available():
+        try:
+            module = load_recipe(name)
+        except Exception as e:  # noqa: BLE001 - a broken recipe is listed with its error
+            rows.append((name, "?", f"cannot be loaded: {str(e).splitlines()[0] if str(e) else e}"))
+            continue
+        rows += [(name, v, d) for v, d in variant_descriptions(module).items()]
+    return rows
+
+
+def format_value(value: Any) -> str:
+    """The text of a config value that ``--set key=TEXT`` parses back to the same value."""
+    if isinstance(value, str):
+        import json
+        return json.dumps(value)
+    return repr(value)
+
+
+def flat_items(config: ml_collections.ConfigDict, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) of every leaf of a config, in order."""
+    items = []
+    for k, v in config.items():
+        if isinstance(v, ml_collections.ConfigDict):
+            items += flat_items(v, f"{prefix}{k}.")
+        else:
+            items.append((prefix + k, v))
+    return items
+
+
 def get_config(spec: str) -> ml_collections.ConfigDict:
     """``"name[:variant]"`` -> the recipe's locked config, with ``experiment`` filled in."""
     name, _, variant = spec.partition(":")
@@ -96,6 +154,13 @@ def _parse_value(text: str, current: Any, key: str) -> Any:
         if isinstance(current, float):
             return float(text)
         if isinstance(current, str) or current is None:
+            # A JSON-quoted string ("\\n", what `jaxgen config` prints) is unquoted.
+            if len(text) >= 2 and text[0] == text[-1] == '"':
+                import json
+                try:
+                    return json.loads(text)
+                except ValueError:
+                    pass
             return text
         if isinstance(current, (tuple, list)):
             value = ast.literal_eval(text)

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.nn import kernels
+from jaxgen.nn.kernels import attention  # noqa: F401  (re-exported: the attention function)
 from jaxgen.nn.layers import Dtype, Initializer, Linear
 
 KVCache = dict  # {"k": [B, S, K, H], "v": [B, S, K, H]}

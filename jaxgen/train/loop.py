@@ -199,7 +199,10 @@ def datasets_for_sampling(workdir: str, config: ml_collections.ConfigDict) -> An
     if not os.path.exists(path):
         return None
     with open(path, encoding="utf-8") as f:
-        return data_lib.info_datasets(config, json.load(f))
+        info = json.load(f)
+    if info.get("kind") not in ("image", "text"):
+        return None  # research code's own data: build it as training did
+    return data_lib.info_datasets(config, info)
 
 
 # ----------------------------------------------------------------------------- train
