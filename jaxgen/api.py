@@ -65,6 +65,28 @@ class Run:
                                figures_prefix=figures_prefix)
 
 
+def class_balanced_batch(batches: Any, n: int = 32) -> dict:
+    """Up to ``n`` valid eval examples cycling through the classes (0, 1, ..., 9, 0, 1, ...),
+    so figures show every class even when the eval split is sorted by class. Without labels:
+    the first ``n`` valid examples."""
+    pools: dict[int, list] = {}
+    keys = None
+    for batch in batches:
+        keys = [k for k in batch if k != "mask"]
+        valid = np.asarray(batch.get("mask", np.ones(len(next(iter(batch.values())))))) > 0
+        labels = np.asarray(batch["label"]) if "label" in batch else np.zeros(len(valid), int)
+        for i in np.flatnonzero(valid):
+            pools.setdefault(int(labels[i]), []).append({k: np.asarray(batch[k])[i] for k in keys})
+    order, classes = [], sorted(pools)
+    while len(order) < n and any(pools[c] for c in classes):
+        for c in classes:
+            if pools[c] and len(order) < n:
+                order.append(pools[c].pop(0))
+    if not order:
+        raise UsageError("the evaluation split is empty")
+    return {k: np.stack([o[k] for o in order]) for k in keys}
+
+
 def full_evaluation(built: Any, state: Any, step: int, *, samples: bool = True,
                     figures_prefix: Optional[str] = None) -> dict:
     """Everything ``jaxgen eval`` computes for a restored state (shared by the CLI and Run)."""
@@ -82,7 +104,7 @@ def full_evaluation(built: Any, state: Any, step: int, *, samples: bool = True,
                  int(built.config.eval.get("num_samples", 1000)))
         results.update(evaluate_lib.sample_metrics(built, state))
     if figures_prefix is not None and built.family.visualize is not None:
-        batch = next(iter(built.datasets.make_eval()))
+        batch = class_balanced_batch(built.datasets.make_eval())
         built.family.visualize(state, jax.random.PRNGKey(0), batch, figures_prefix)
     return results
 

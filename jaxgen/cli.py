@@ -78,10 +78,18 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_distributed(t)
 
-    e = sub.add_parser("eval", help="evaluate the newest checkpoint of a workdir",
-                       description="Evaluate the newest checkpoint of WORKDIR on its eval split; "
-                       "prints the metrics as JSON and writes WORKDIR/eval.json.")
-    e.add_argument("--workdir", required=True)
+    e = sub.add_parser("eval", help="evaluate a workdir's newest checkpoint, or a file of samples",
+                       description="Evaluate the newest checkpoint of WORKDIR (its likelihood on "
+                       "the eval split and, for image families, sample-quality metrics); prints "
+                       "JSON and writes WORKDIR/eval.json. With --samples FILE.npz, scores images "
+                       "that did not come from jaxgen (npz key 'images': [N,28,28] or "
+                       "[N,28,28,1], uint8 0..255 or float in [0,1]).")
+    e.add_argument("--workdir")
+    e.add_argument("--samples", metavar="FILE.npz", help="score these images instead of a workdir")
+    e.add_argument("--reference", default="mnist_embedded",
+                   help="reference set for --samples (default mnist_embedded)")
+    e.add_argument("--out", metavar="FILE.json", help="also write the JSON here")
+    e.add_argument("--seed", type=int, default=0, help="metric seed for --samples (KID subsets)")
     e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override an eval setting, e.g. --set eval.iwae_k=100")
     _add_distributed(e)
@@ -213,7 +221,28 @@ def _restored_run(args, need_data: bool = True):
     return api.load(args.workdir, args.overrides, need_data=need_data)
 
 
+def _write_json(path: str, results: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+
+
 def cmd_eval(args) -> int:
+    from jaxgen.errors import UsageError
+
+    if bool(args.workdir) == bool(args.samples):
+        raise UsageError("give exactly one of --workdir DIR (a trained run) or --samples FILE.npz")
+    if args.samples:
+        if args.overrides:
+            raise UsageError("--set applies to --workdir runs, not to --samples")
+        from jaxgen import eval as eval_lib
+        results = eval_lib.score_samples_file(args.samples, reference=args.reference,
+                                              seed=args.seed)
+        print(json.dumps(results, indent=2))
+        if args.out:
+            _write_json(args.out, results)
+        return 0
+
     import jax
 
     from jaxgen import api
@@ -223,8 +252,9 @@ def cmd_eval(args) -> int:
     results = api.full_evaluation(run.built, run.state, run.step,
                                   figures_prefix=os.path.join(args.workdir, "eval"))
     if jax.process_index() == 0:
-        with open(os.path.join(args.workdir, "eval.json"), "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
+        _write_json(os.path.join(args.workdir, "eval.json"), results)
+        if args.out:
+            _write_json(args.out, results)
         print(json.dumps(results, indent=2))
     return 0
 

@@ -89,3 +89,14 @@ def test_load_samples_equal_cli_samples(tmp_path):
     a = np.asarray(Image.open(tmp_path / "s.png"))
     b = np.asarray(Image.open(tmp_path / "t.png"))
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+def test_class_balanced_batch_cycles_through_sorted_classes():
+    from jaxgen.api import class_balanced_batch
+    labels = np.repeat(np.arange(10), 20)  # sorted by class, like the embedded MNIST test split
+    images = labels[:, None, None, None].astype(np.float32) * np.ones((1, 2, 2, 1), np.float32)
+    batches = [{"image": images[i:i + 50], "label": labels[i:i + 50],
+                "mask": np.ones(50, np.float32)} for i in range(0, 200, 50)]
+    batch = class_balanced_batch(iter(batches), n=25)
+    assert batch["label"].tolist() == list(range(10)) * 2 + list(range(5))
+    assert "mask" not in batch and batch["image"].shape == (25, 2, 2, 1)

@@ -138,3 +138,33 @@ def test_score_samples_file_matches_sample_metrics(net, mnist, tmp_path):
     assert a["num_samples"] == 100 and a["seed"] == 1
     for k in ev.METRIC_KEYS:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-6)
+
+
+def test_cli_eval_samples_prints_the_fixed_keys(net, mnist, tmp_path, capsys):
+    from jaxgen import cli
+    path = tmp_path / "digits.npz"
+    np.savez(path, images=(mnist[2][::2, ..., 0] * 255).astype(np.uint8))  # uint8 [500, 28, 28]
+    assert cli.main(["eval", "--samples", str(path), "--out", str(tmp_path / "m.json")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.load(open(tmp_path / "m.json"))
+    assert set(printed) == {"fd_lenet", "kid_lenet", "kid_lenet_std", "precision", "recall",
+                            "classifier_score", "class_fractions", "num_samples",
+                            "feature_net_test_accuracy", "seed", "floor"}
+    assert printed["num_samples"] == 500 and len(printed["class_fractions"]) == 10
+    assert printed["fd_lenet"] < 0.5 * printed["floor"]["fd_lenet"] + 10  # half the reference set
+
+
+@pytest.mark.parametrize("images, message", [
+    (np.zeros((20, 32, 32), np.uint8), "shape"),
+    (np.full((20, 28, 28), 2.0, np.float32), "[0, 1]"),
+    (np.full((20, 28, 28), np.nan, np.float32), "NaN"),
+    (np.zeros((20, 28, 28), np.int64), "must be uint8"),
+    (np.zeros((3, 28, 28), np.float32), "at least"),
+])
+def test_cli_eval_samples_bad_input_is_one_line_exit_2(tmp_path, capsys, images, message):
+    from jaxgen import cli
+    path = tmp_path / "bad.npz"
+    np.savez(path, images=images)
+    assert cli.main(["eval", "--samples", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
