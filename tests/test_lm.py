@@ -259,3 +259,24 @@ def test_param_specs_follow_logical_axes():
 def test_family_rejects_bad_sampling_config():
     with pytest.raises(ValueError, match="no room in the model context"):
         _smoke_family(max_len=2)
+
+
+def test_sampling_three_contexts_long_slides_the_window():
+    from jaxgen.models.lm import generate_long
+    params, prompt = _params(TINY, seed=1), _tokens(2, 3, seed=2)
+    long_gen = jax.jit(generate_long, static_argnums=(0, 4), static_argnames=("max_new_tokens",))
+    n = 3 * TINY.max_len - 3
+    out = np.asarray(long_gen(TINY, params, prompt, jax.random.PRNGKey(7), make_strategy(temperature=1.0),
+                              max_new_tokens=n, stop_token=-1))
+    assert out.shape == (2, 3 * TINY.max_len)
+    ordinary = np.asarray(_generate(TINY, params, prompt, jax.random.PRNGKey(7), make_strategy(temperature=1.0),
+                                    max_new_tokens=TINY.max_len - 3, stop_token=-1))
+    np.testing.assert_array_equal(out[:, :TINY.max_len], ordinary)
+    assert (out >= 0).all() and (out < V).all()
+    # Greedy: a token after the first window is the argmax given the last half-context window.
+    greedy = np.asarray(long_gen(TINY, params, prompt, jax.random.PRNGKey(0), Greedy(),
+                                 max_new_tokens=n, stop_token=-1))
+    keep, t = TINY.max_len // 2, TINY.max_len + 3
+    window = greedy[:, t - keep:t]
+    logits = Transformer(TINY).apply({"params": params}, jnp.asarray(window))
+    np.testing.assert_array_equal(greedy[:, t], np.argmax(np.asarray(logits[:, -1]), -1))

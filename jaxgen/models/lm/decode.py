@@ -4,6 +4,11 @@ One forward pass over the prompt fills the cache (prefill); then each step feeds
 token alone, appends its keys and values to the cache and samples the next token from its logits.
 The loop is a ``lax.while_loop`` that ends when every sequence has emitted the stop token or the
 requested number of tokens exists. All sequences of the batch share the prompt length.
+
+:func:`generate_long` goes past the model's context with a sliding window: once the context is
+full, the last half of it becomes the prompt of a fresh cache (recomputed by one prefill) and
+generation goes on; every token still sees at least half a context of history. RoPE encodes
+relative positions only, so restarting positions at 0 in the new window is sound.
 """
 from __future__ import annotations
 
@@ -81,3 +86,38 @@ def generate(config: LMConfig, params: Any, prompt: jax.Array, rng: jax.Array, s
     carry = (jnp.int32(0), logits[:, -1], cache, done, out)
     out = jax.lax.while_loop(cond, body, carry)[-1]
     return jnp.concatenate([prompt, out], axis=1)
+
+
+def generate_long(config: LMConfig, params: Any, prompt: jax.Array, rng: jax.Array,
+                  strategy: Strategy, *, max_new_tokens: int, stop_token: Optional[int] = None,
+                  pad_token: int = 0) -> jax.Array:
+    """Like :func:`generate`, but ``P + max_new_tokens`` may exceed ``config.max_len``.
+
+    The first window is exactly :func:`generate` with the same key (so the first
+    ``config.max_len`` tokens equal the ordinary decoder's); each later window re-prefills the
+    last ``max_len // 2`` tokens and draws with ``fold_in(rng, window)``. Tokens after a row's
+    stop token are ``pad_token``. Returns int32 [B, P + max_new_tokens].
+    """
+    b, p = prompt.shape
+    if p + max_new_tokens <= config.max_len:
+        return generate(config, params, prompt, rng, strategy, max_new_tokens=max_new_tokens,
+                        stop_token=stop_token, pad_token=pad_token)
+    if config.positions != "rope":
+        raise ValueError(f"sampling past the context of {config.max_len} needs rotary positions "
+                         f"(model.positions=rope), not {config.positions!r}")
+    check_prompt(config, prompt, config.max_len - p)
+    keep = max(config.max_len // 2, 1)
+    seq = generate(config, params, prompt, rng, strategy, max_new_tokens=config.max_len - p,
+                   stop_token=stop_token, pad_token=pad_token)
+    remaining, window = max_new_tokens - (config.max_len - p), 1
+    while remaining > 0:
+        n = min(config.max_len - keep, remaining)
+        out = generate(config, params, seq[:, -keep:], jax.random.fold_in(rng, window), strategy,
+                       max_new_tokens=n, stop_token=stop_token, pad_token=pad_token)
+        seq = jnp.concatenate([seq, out[:, keep:]], axis=1)
+        remaining, window = remaining - n, window + 1
+    if stop_token is not None:  # rows that stopped in an earlier window stay padded
+        gen = seq[:, p:]
+        stopped = jnp.cumsum(gen == stop_token, axis=1) - (gen == stop_token) > 0
+        seq = jnp.concatenate([seq[:, :p], jnp.where(stopped, pad_token, gen)], axis=1)
+    return seq

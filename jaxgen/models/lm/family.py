@@ -24,7 +24,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from jaxgen.models.base import Family
-from jaxgen.models.lm.decode import check_prompt, generate
+from jaxgen.models.lm.decode import check_prompt, generate_long
 from jaxgen.models.lm.model import LOGICAL_RULES, LMConfig, Transformer
 from jaxgen.models.lm.sampling import make_strategy
 from jaxgen.train.optim import OptimConfig, make_optimizer
@@ -86,7 +86,10 @@ def make_family(config: Any, data_info: dict) -> Family:
     prompt_text = sc.get("prompt", "\n")
     prompt = np.asarray([tokenizer.encode(prompt_text) if tokenizer is not None else [0]], np.int32)
     max_new = int(sc.get("max_new_tokens", 0)) or cfg.max_len - prompt.shape[1]
-    check_prompt(cfg, prompt, max_new)
+    check_prompt(cfg, prompt, min(max_new, cfg.max_len - prompt.shape[1]))
+    if prompt.shape[1] + max_new > cfg.max_len and cfg.positions != "rope":
+        raise ValueError(f"sample.max_new_tokens={max_new} goes past the model context of "
+                         f"{cfg.max_len}, which needs rotary positions (model.positions=rope)")
     strategy = make_strategy(greedy=bool(sc.get("greedy", False)), temperature=float(sc.get("temperature", 1.0)),
                              top_k=int(sc.get("top_k", 0)), top_p=float(sc.get("top_p", 1.0)))
     stop_text = sc.get("stop_token", "")
@@ -115,7 +118,8 @@ def make_family(config: Any, data_info: dict) -> Family:
 
     def sample(state, rng, n, options=None):
         prompts = jnp.asarray(np.repeat(prompt, n, axis=0))
-        return generate(cfg, state.params, prompts, rng, strategy, max_new_tokens=max_new, stop_token=stop)
+        return generate_long(cfg, state.params, prompts, rng, strategy, max_new_tokens=max_new,
+                             stop_token=stop)
 
     def save_samples(tokens, path):
         texts = []
