@@ -266,3 +266,32 @@ def test_bpe_run_samples_the_same_text_after_its_training_file_is_deleted(tmp_pa
     assert (tmp_path / "a.txt").read_text() == (tmp_path / "b.txt").read_text()
     wrong = _cli("sample", "--workdir", w, "--num", "2", "--out", str(tmp_path / "c.png"))
     assert wrong.returncode == 2 and "name a .txt file" in wrong.stderr
+
+
+def test_extending_a_run_follows_the_new_lengths_schedule_from_the_restored_step(tmp_path):
+    """--set train.steps=N on resume: the LR schedule is the one of an N-step run, continued from
+    the restored optimizer step (the documented behaviour)."""
+    import shutil
+
+    from jaxgen.train import mesh as mesh_lib
+    _train(toy.toy_config(steps=3), tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    extended = _train(toy.toy_config(steps=6), tmp_path / "a")
+    config = toy.toy_config(steps=6)
+    data = toy.toy_datasets(config)
+    run = loop.build(config, family=toy.make_family, datasets=data)
+    step, state = loop.restore_latest(run, str(tmp_path / "b"))
+    assert step == 3
+    data.train.seek(step)
+    for _ in range(3):
+        state, _ = run.train_step(state, mesh_lib.global_batch(next(data.train), run.batch_sharding))
+    for a, b in zip(jax.tree.leaves(extended.params), jax.tree.leaves(state.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # ... and that schedule is not the 3-step one continued: those parameters differ.
+    short = loop.build(toy.toy_config(steps=3), family=toy.make_family, datasets=toy.toy_datasets(config))
+    _, s3 = loop.restore_latest(short, str(tmp_path / "b"))
+    data.train.seek(3)
+    for _ in range(3):
+        s3, _ = short.train_step(s3, mesh_lib.global_batch(next(data.train), short.batch_sharding))
+    assert max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+               for a, b in zip(jax.tree.leaves(s3.params), jax.tree.leaves(state.params))) > 1e-6
