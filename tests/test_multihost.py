@@ -62,3 +62,35 @@ def test_two_process_run_equals_single_process_and_resumes_across_process_counts
     # Saved by 1 process, resumed by 2.
     _workers(tmp_path, tmp_path / "one", out, steps=6)
     np.testing.assert_allclose(np.load(out), _kernel(ref6), rtol=1e-5, atol=1e-6)
+
+
+def test_sigterm_to_both_processes_saves_one_step_and_exits_with_requeue_status(tmp_path):
+    import signal
+    import time
+
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+    marker = tmp_path / "started"
+    procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "multihost_worker.py"), str(port),
+                               str(i), str(tmp_path / "w"), str(tmp_path / "k.npy"), "1000000",
+                               str(marker)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT) for i in range(2)]
+    try:
+        deadline = time.time() + 240
+        while not all(os.path.exists(f"{marker}.{i}") for i in range(2)):
+            assert time.time() < deadline and all(p.poll() is None for p in procs), \
+                [p.communicate()[0].decode()[-2000:] for p in procs if p.poll() is not None]
+            time.sleep(0.2)
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        logs = [p.communicate(timeout=240)[0].decode() for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    steps = set()
+    for p, log in zip(procs, logs):
+        assert p.returncode == loop.PREEMPTED_EXIT_STATUS, log[-3000:]
+        steps.add(int(log.split("preempted at step ")[1].split()[0]))
+    assert len(steps) == 1  # both processes stopped at the step the sync point agreed on
+    saved = sorted(int(d) for d in os.listdir(tmp_path / "w" / "checkpoints") if d.isdigit())
+    assert saved[-1] == steps.pop()  # the agreed step was saved (earlier ones: ckpt_every=3)
