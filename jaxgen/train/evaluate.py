@@ -42,6 +42,18 @@ def data_metrics(run: Any, state: Any, batches: Optional[Iterable[dict]] = None)
     return {k: v / count for k, v in totals.items()}
 
 
+def sum_over_processes(totals: dict[str, float]) -> dict[str, float]:
+    """Host-side sums (e.g. over each process's share of the eval split) added up over all
+    processes, so a multi-host evaluation reports the whole split; unchanged on one process."""
+    if jax.process_count() == 1:
+        return totals
+    from jax.experimental import multihost_utils
+    keys = sorted(totals)
+    local = np.asarray([totals[k] for k in keys], np.float64)
+    gathered = np.asarray(multihost_utils.process_allgather(local))  # [processes, keys]
+    return dict(zip(keys, gathered.reshape(-1, len(keys)).sum(axis=0).tolist()))
+
+
 def _to_host(x: jax.Array) -> np.ndarray:
     """A (possibly batch-sharded, multi-host) array as one numpy array on every process."""
     if jax.process_count() > 1 and not x.is_fully_addressable:

@@ -31,6 +31,7 @@ from jaxgen.models.diffusion.likelihood import nll_bits_per_dim
 from jaxgen.models.diffusion.objectives import denoiser, diffusion_loss, sampling_sigmas
 from jaxgen.nn.dit import DiT
 from jaxgen.nn.unet import UNet
+from jaxgen.train.evaluate import sum_over_processes
 from jaxgen.train.images import save_image_grid
 from jaxgen.train.optim import OptimConfig, make_optimizer
 from jaxgen.train.state import TrainState, create_state
@@ -165,6 +166,8 @@ def make_family(config: Any, data_info: dict) -> Family:
             log.info("bits per dimension: %d/%d test images", count, ecfg.bpd_examples)
             if count >= ecfg.bpd_examples:
                 break
+        sums = sum_over_processes({"total": total, "count": float(count)})  # multi-host shares
+        total, count = sums["total"], int(sums["count"])
         return {"bits_per_dim": total / count, "bpd_examples": count,
                 "bpd_timesteps": ecfg.bpd_timesteps}
 

@@ -22,6 +22,7 @@ from jaxgen.models.vae.augment import random_shift
 from jaxgen.models.vae.hparams import EvalConfig, VAEConfig
 from jaxgen.models.vae.modules import VAE
 from jaxgen.models.vae.objective import elbo_terms, iwae_bound, kl_weight, training_objective
+from jaxgen.train.evaluate import sum_over_processes
 from jaxgen.train.images import save_image_grid
 from jaxgen.train.optim import OptimConfig, make_optimizer
 from jaxgen.train.state import TrainState, create_state
@@ -143,6 +144,7 @@ def make_family(config: Any, data_info: dict) -> Family:
             for name in totals:
                 totals[name] += float(np.asarray(sums[name], np.float64))
             log.info("IWAE bound (k=%d): %d test images done", k, int(totals["count"]))
+        totals = sum_over_processes(totals)  # multi-host: every process held its share
         n = totals["count"]
         if n <= 0:
             raise ValueError("final_eval got no examples")
