@@ -1,1 +1,2 @@
-"""jaxgen benchmarks: ``python -m benchmarks.<name> --help`` from the repository root."""
+"""jaxgen benchmarks: ``python -m benchmarks NAME [--quick] [--out DIR]`` (or ``jaxgen bench``)
+from the repository root; see :mod:`benchmarks.suite` for the benchmarks and their contract."""

@@ -10,6 +10,8 @@ from jaxgen.models.base import Family
 FAMILIES = {
     "vae": "jaxgen.models.vae",
     "lm": "jaxgen.models.lm",
+    "diffusion": "jaxgen.models.diffusion.family",
+    "gan": "jaxgen.models.gan",
 }
 
 

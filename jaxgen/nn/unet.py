@@ -40,6 +40,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxgen.nn.kernels.auto import CHUNKED_MIN_SCORES
 from jaxgen.nn.layers import ImageSelfAttention, TimestepMLP, class_labels
 
 # DDPM's / score_sde's default_init: variance scaling 1.0, fan_avg, uniform.
@@ -201,10 +202,59 @@ class AttentionBlock(nn.Module):
         cfg = self.cfg
         b, hh, ww, c = x.shape
         h = group_norm(cfg, c, "norm")(x).astype(cfg.dtype).reshape(b, hh * ww, c)
-        h = ImageSelfAttention(cfg.heads(c), kernel=cfg.attention_kernel, kernel_init=DEFAULT_INIT,
-                               out_init=ZEROS if cfg.zero_init else DEFAULT_INIT, dtype=cfg.dtype,
-                               param_dtype=cfg.param_dtype, name="attn")(h)
+        kw = {"kernel_init": DEFAULT_INIT, "out_init": ZEROS if cfg.zero_init else DEFAULT_INIT,
+              "dtype": cfg.dtype, "param_dtype": cfg.param_dtype, "name": "attn"}
+        if use_short_attention(cfg.attention_kernel, hh * ww):
+            h = ShortSelfAttention(cfg.heads(c), **kw)(h)
+        else:
+            h = ImageSelfAttention(cfg.heads(c), kernel=cfg.attention_kernel, **kw)(h)
         return x.astype(cfg.dtype) + h.reshape(x.shape)
+
+
+def use_short_attention(kernel: str, tokens: int) -> bool:
+    """Whether ``kernel`` "auto" takes :func:`short_attention`: on CPU, where the ``auto`` rule
+    would pick the dense ``xla`` kernel (fewer than ``CHUNKED_MIN_SCORES`` scores per head)."""
+    return (kernel == "auto" and jax.default_backend() == "cpu"
+            and tokens * tokens < CHUNKED_MIN_SCORES)
+
+
+def short_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """softmax(q k^T / sqrt(H)) v for short sequences and narrow heads, q/k/v [B, T, N, H].
+
+    The same result as the ``xla`` kernel (to float32 rounding), laid out for XLA:CPU: scores
+    are [B, N, S, T] (keys major), so the max and the sum of the softmax reduce over the major
+    axis, vectorised across queries, and the normalisation divides the [B, T, N, H] output
+    instead of the [B, N, S, T] probabilities. About 1.7x faster than ``xla`` at the U-Net's
+    196 tokens of width 8 (2-core CPU); scores, exponentials and sums are float32.
+    """
+    f32 = jnp.float32
+    s = jnp.einsum("btnh,bsnh->bnst", q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype), k,
+                   preferred_element_type=f32)
+    e = jnp.exp(s - jnp.max(s, axis=2, keepdims=True))
+    o = jnp.einsum("bnst,bsnh->btnh", e.astype(v.dtype), v, preferred_element_type=f32)
+    return (o / jnp.moveaxis(jnp.sum(e, axis=2), 1, 2)[..., None]).astype(q.dtype)
+
+
+class ShortSelfAttention(nn.Module):
+    """:class:`jaxgen.nn.layers.ImageSelfAttention` (the same parameters: ``qkv`` [D, 3D] laid
+    out (3, heads, head_dim), ``out`` [D, D], both biased) with :func:`short_attention` as its
+    kernel; x [B, T, D] -> [B, T, D]."""
+
+    num_heads: int
+    kernel_init: Any = DEFAULT_INIT
+    out_init: Any = DEFAULT_INIT
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, t, d = x.shape
+        n = self.num_heads
+        kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+        qkv = nn.Dense(3 * d, kernel_init=self.kernel_init, name="qkv", **kw)(x)
+        q, k, v = jnp.moveaxis(qkv.reshape(b, t, 3, n, d // n), 2, 0)
+        o = short_attention(q, k, v).reshape(b, t, d)
+        return nn.Dense(d, kernel_init=self.out_init, name="out", **kw)(o)
 
 
 class Downsample(nn.Module):

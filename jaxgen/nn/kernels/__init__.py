@@ -4,6 +4,7 @@ Kernels: ``reference`` (plain JAX, float32 scores), ``xla`` and ``cudnn``
 (``jax.nn.dot_product_attention``), ``chunked`` (memory-efficient, Rabe & Staats 2021, with a
 FlashAttention-2 backward and causal block skipping), ``pallas`` (flash attention, Dao et al.
 2022; GPU, or interpret mode on CPU), ``auto`` (see :mod:`jaxgen.nn.kernels.auto`).
+:func:`shard_attention` runs any of them per batch/head shard under a sharded ``jit``.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from jaxgen.nn.kernels.auto import choose_kernel
 from jaxgen.nn.kernels.chunked import chunked_attention
 from jaxgen.nn.kernels.pallas import pallas_attention
 from jaxgen.nn.kernels.reference import causal_mask, reference_attention
+from jaxgen.nn.kernels.sharding import shard_attention
 from jaxgen.nn.kernels.xla import dot_product_attention
 
 KERNELS = ("auto", "reference", "xla", "cudnn", "chunked", "pallas")
@@ -53,4 +55,4 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False,
 
 
 __all__ = ["KERNELS", "attention", "causal_mask", "choose_kernel", "chunked_attention",
-           "dot_product_attention", "pallas_attention", "reference_attention"]
+           "dot_product_attention", "pallas_attention", "reference_attention", "shard_attention"]

@@ -5,7 +5,10 @@ not measured here):
 - GPU: ``cudnn`` when usable (fp16/bf16, head dim a multiple of 8 and <= 256), else ``pallas``
   when usable (no mask, T_q == T_k, T a multiple of its blocks), else ``xla``. Each fallback is
   logged once per cause.
-- CPU and other platforms: ``chunked`` for causal attention with T_k >= CAUSAL_CHUNKED_MIN_T or
+- TPU and any other platform: ``xla`` (XLA's TPU compiler fuses attention itself; the
+  ``chunked`` kernel's tiling is tuned for CPU caches, and its unrolled tile plan would only
+  lengthen TPU compiles). Logged once.
+- CPU: ``chunked`` for causal attention with T_k >= CAUSAL_CHUNKED_MIN_T or
   any attention with T_q * T_k >= CHUNKED_MIN_SCORES (it skips masked blocks and keeps score
   tiles in cache); ``xla`` for shorter sequences, where one fused dense op wins.
 """
@@ -15,15 +18,22 @@ import logging
 
 import jax
 
-from jaxgen.nn.kernels.pallas import DEFAULT_BLOCK_BACKWARD, DEFAULT_BLOCK_K, DEFAULT_BLOCK_Q
-from jaxgen.nn.kernels.pallas import pallas_unusable_reason
+from jaxgen.nn.kernels.pallas import (
+    DEFAULT_BLOCK_BACKWARD,
+    DEFAULT_BLOCK_K,
+    DEFAULT_BLOCK_Q,
+    MIN_GPU_BLOCK,
+    block_size,
+    pallas_unusable_reason,
+)
 from jaxgen.nn.kernels.xla import cudnn_unusable_reason
 
 log = logging.getLogger(__name__)
 _logged: set[str] = set()
 
-# Measured (float32, B=4, N=8, H=64, shared 2-core CPU): chunked vs xla forward speed-up was
-# 1.3x causal / 0.93x full at T=256, 2.8x / 2.2x at T=512, 4.2x / 1.6x at T=2048.
+# Measured by `python -m benchmarks attention` (float32, causal, B=4, N=8, H=64, a busy 2-core CPU
+# split into 2 devices): chunked vs xla time was 1.04x forward / 0.95x forward+backward at
+# T=256, 2.3x / 2.4x at T=512, 4.7x / 8.1x at T=1024; non-causal (B=2, N=4, T=1024) 1.8x / 1.9x.
 CAUSAL_CHUNKED_MIN_T = 256
 CHUNKED_MIN_SCORES = 512 * 512
 
@@ -37,10 +47,15 @@ def _fallback(chosen: str, reason: str) -> str:
 
 
 def _pallas_blocks_reason(t: int) -> str | None:
-    for name, size in (("block_q", DEFAULT_BLOCK_Q), ("block_k", DEFAULT_BLOCK_K),
-                       ("block_backward", DEFAULT_BLOCK_BACKWARD)):
-        if t % min(size, t):
-            return f"attention kernel 'pallas' needs T a multiple of {name}={size}, got {t}"
+    """Why the Pallas kernel's default tiles cannot cover T on a GPU (powers of two >= 16 that
+    divide T, see :func:`~jaxgen.nn.kernels.pallas.block_size`), or None."""
+    for name, size in (("block_backward", DEFAULT_BLOCK_BACKWARD), ("block_q", DEFAULT_BLOCK_Q),
+                       ("block_k", DEFAULT_BLOCK_K)):
+        try:
+            block_size(size, t, name)
+        except ValueError:
+            return (f"attention kernel 'pallas' needs T a multiple of {name}={size}, got {t} "
+                    f"(or of {MIN_GPU_BLOCK}, with smaller tiles)")
     return None
 
 
@@ -59,6 +74,8 @@ def choose_kernel(q: jax.Array, k: jax.Array, *, causal: bool, mask: jax.Array |
         if pallas_reason is None:
             return _fallback("pallas", cudnn_reason)
         return _fallback("xla", f"{cudnn_reason}; {pallas_reason}")
+    if platform != "cpu":  # TPU and others: XLA's own fused attention, not the CPU-tuned kernel
+        return _fallback("xla", f"platform {platform} has no kernel tuned for it here")
     if (causal and t_k >= CAUSAL_CHUNKED_MIN_T) or t_q * t_k >= CHUNKED_MIN_SCORES:
         return "chunked"
     return "xla"

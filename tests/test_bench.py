@@ -1,0 +1,273 @@
+"""The benchmark suite: one entry point, three well-formed output files, failures contained."""
+import json
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+
+from benchmarks import report, suite
+from benchmarks.__main__ import main as bench_main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _env():
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "NPROC")}
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+    return env
+
+
+def _run(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def _check_outputs(out_dir, names):
+    with open(os.path.join(out_dir, "results.json"), encoding="utf-8") as f:
+        record = json.load(f)
+    for key in ("command", "date", "device", "versions", "host", "benchmarks"):
+        assert key in record, key
+    assert {"jax", "jaxlib", "flax", "torch"} <= set(record["versions"])
+    assert [s["name"] for s in record["benchmarks"]] == names
+    with open(os.path.join(out_dir, "results.md"), encoding="utf-8") as f:
+        md = f.read()
+    with open(os.path.join(out_dir, "results.png"), "rb") as f:
+        assert f.read(8) == PNG_MAGIC
+    return record, md
+
+
+@pytest.mark.slow
+def test_attention_quick_writes_json_markdown_and_png(tmp_path):
+    out = tmp_path / "att"
+    proc = _run("attention", "--quick", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record, md = _check_outputs(out, ["attention"])
+    assert "python -m benchmarks attention --quick --out" in record["command"]
+    section = record["benchmarks"][0]
+    assert section["status"] == "ok"
+    rows = section["rows"]
+    kernels = {r["kernel"] for r in rows}
+    assert {"reference", "xla", "chunked", "cudnn", "pallas", "torch_sdpa"} <= kernels
+    timed = [r for r in rows if "median_ms" in r]
+    for r in timed:
+        assert r["min_ms"] <= r["median_ms"] <= r["max_ms"]
+        assert r["gflops"] > 0 and r["max_err"] < 0.1 and r["pass"] in ("fwd", "fwd_bwd")
+    assert all("skipped" in r for r in rows if r["kernel"] == "cudnn")  # no GPU here
+    assert any(r["kernel"] == "chunked" and r.get("mem_mib") for r in timed)
+    table = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    assert "torch/jaxgen time (>1: jaxgen faster)" in table[0]
+    assert len(table) == 1 + len(rows)
+    assert "| chunked | 2 | 2 | 128 | 64 | yes | float32 | fwd |" in md
+    assert "attention" in proc.stdout and "wrote png" in proc.stdout
+
+
+@pytest.mark.slow
+def test_all_quick_runs_every_benchmark_or_says_why_not(tmp_path):
+    out = tmp_path / "all"
+    proc = _run("all", "--quick", "--kernels", "xla", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record, md = _check_outputs(out, ["attention", "denoise", "train"])
+    for section in record["benchmarks"]:
+        assert section["status"] in ("ok", "skipped")
+        if section["status"] == "skipped":
+            assert section["reason"] and "\n" not in section["reason"]
+            assert f"skipped: {section['reason']}" in md
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["flash"], "unknown benchmark 'flash'; choose from attention, denoise, train, all"),
+    (["attention", "--kernels", "xla,flash"], "unknown kernel(s) flash; choose from"),
+    (["attention", "--grid", "huge"], "unknown grid 'huge'"),
+    (["attention", "--shapes", "4,8,x,64"], "bad shape '4,8,x,64'"),
+])
+def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
+    assert bench_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_jaxgen_bench_subcommand_reaches_the_suite(capsys):
+    from jaxgen import cli
+    assert cli.main(["bench", "nope"]) == 2
+    assert "jaxgen bench: error: unknown benchmark 'nope'" in capsys.readouterr().err
+
+
+def _fake(name, run):
+    module = types.ModuleType(name)
+    if run is not None:
+        module.run = run
+    sys.modules[name] = module
+    return suite.Benchmark(name.split(".")[-1], name, "a test double")
+
+
+GOOD = {"rows": [{"x": 1, "y": 2.0, "k": "a"}, {"x": 2, "y": 3.0, "k": "a"}],
+        "table_columns": ["k", ["x", "X"], "y"],
+        "plot": {"x": "x", "y": "y", "series": "k", "title": "t"}}
+
+
+def _boom(quick):
+    raise RuntimeError("no data\nsecond line")
+
+
+@pytest.mark.parametrize("run,reason", [
+    (_boom, "RuntimeError: no data"),
+    (lambda quick: [1, 2], "run() returned list, not a dict"),
+    (lambda quick: {"rows": []}, "result lacks table_columns, plot"),
+])
+def test_a_failing_benchmark_is_skipped_with_one_line(run, reason):
+    section = suite.run_one(_fake("fake_bench_bad", run), True, None, {})
+    assert section["status"] == "skipped" and section["reason"] == reason
+
+
+def test_a_missing_module_is_skipped():
+    bench = suite.Benchmark("ghost", "benchmarks.no_such_benchmark", "missing")
+    section = suite.run_one(bench, True, None, {})
+    assert section == {**section, "status": "skipped",
+                       "reason": "module benchmarks.no_such_benchmark is not there"}
+
+
+def test_runner_passes_only_the_options_run_accepts(tmp_path):
+    seen = {}
+
+    def run(quick, out=None):
+        seen.update(quick=quick, out=out)
+        return GOOD
+    section = suite.run_one(_fake("fake_bench_opts", run), True, str(tmp_path), {"grid": "x"})
+    assert section["status"] == "ok" and seen == {"quick": True, "out": str(tmp_path)}
+
+
+def test_report_writes_table_with_skips_and_noise_marks_and_a_png(tmp_path):
+    ok = {**GOOD, "name": "toy", "status": "ok", "reason": None, "notes": ["a note"],
+          "rows": GOOD["rows"] + [{"k": "b", "x": 3, "skipped": "cannot | run"},
+                                  {"k": "c", "x": 1, "y": 1.0, "spread": 0.5}],
+          "table_columns": GOOD["table_columns"] + ["spread"]}
+    gone = {"name": "gone", "status": "skipped", "reason": "module x is not there", "rows": [],
+            "table_columns": [], "plot": {}}
+    record = {"command": "python -m benchmarks all", "date": "today", "device": "cpu",
+              "host": "one device", "versions": {"jax": "0", "torch": None},
+              "benchmarks": [ok, gone]}
+    paths = report.write_all(str(tmp_path), record)
+    with open(paths["markdown"], encoding="utf-8") as f:
+        md = f.read()
+    assert "| k | X | y | spread |" in md and "| a | 1 | 2.00 |  |" in md
+    assert "skipped: cannot / run" in md and "0.50 (!)" in md
+    assert "skipped: module x is not there" in md and "torch not installed" in md
+    with open(paths["png"], "rb") as f:
+        assert f.read(8) == PNG_MAGIC
+    with open(paths["json"], encoding="utf-8") as f:
+        assert json.load(f)["benchmarks"][1]["status"] == "skipped"
+
+
+def _tiny_case():
+    from benchmarks.attention_grid import Case
+    return Case(2, 2, 32, 16, True, "float32")
+
+
+def test_attention_runs_without_torch_and_says_so(monkeypatch):
+    from benchmarks import attention, peers
+    monkeypatch.setattr(peers, "torch_unavailable_reason",
+                        lambda: "peer torch not installed (ImportError); pip install -e .[peers]")
+    rows = attention.bench_case(_tiny_case(), "fwd", ("xla",), True,
+                                attention.Options(repeats=1), {"float32": 1.0})
+    by = {r["kernel"]: r for r in rows}
+    assert by["torch_sdpa"]["skipped"].startswith("peer torch not installed")
+    assert by["xla"]["median_ms"] > 0 and "vs_torch" not in by["xla"]
+
+
+def test_a_shape_a_kernel_cannot_take_is_a_skipped_row(monkeypatch):
+    from benchmarks import attention
+    real = attention.attention
+
+    def picky(q, k, v, *, kernel, **kw):
+        if kernel == "chunked":
+            raise ValueError("attention kernel 'chunked' cannot take this shape\nmore")
+        return real(q, k, v, kernel=kernel, **kw)
+    monkeypatch.setattr(attention, "attention", picky)
+    rows = attention.bench_case(_tiny_case(), "fwd_bwd", ("chunked", "xla"), True,
+                                attention.Options(repeats=1), {"float32": 1.0})
+    by = {r["kernel"]: r for r in rows}
+    assert by["chunked"]["skipped"] == "attention kernel 'chunked' cannot take this shape"
+    assert by["xla"]["median_ms"] > 0 and by["xla"]["max_err"] < 1e-4
+
+
+def _timed_rows(section, key):
+    rows = [r for r in section["rows"] if key in r]
+    for r in rows:
+        assert r[key] > 0 and r["spread"] >= 0
+    return rows
+
+
+def test_denoise_quick_writes_json_markdown_and_png(tmp_path):
+    """The tiny UNet, 2 steps, batch 2: every sampler against diffusers, forward rows, the
+    Python-loop comparison; no timing is asserted, only the shape of the record."""
+    out = tmp_path / "den"
+    proc = _run("denoise", "--quick", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record, md = _check_outputs(out, ["denoise"])
+    section = record["benchmarks"][0]
+    assert section["status"] == "ok", section["reason"]
+    rows = _timed_rows(section, "median_ms")
+    samplers = {r["sampler"] for r in rows if r["kind"] == "sample" and r["impl"] == "jaxgen"}
+    assert samplers == {"ddpm", "ddim", "dpmpp_2m", "euler", "heun"}
+    assert any(r["kind"] == "forward" and r["gflops"] > 0 for r in rows)
+    assert any(r["kind"] == "python_loop" and r["vs_scan"] > 0 for r in rows)
+    heun = [r for r in rows if r["kind"] == "sample" and r["sampler"] == "heun"]
+    assert {r["evals"] for r in heun} == {3}  # 2 steps - 1 corrections, as diffusers counts
+    if record["versions"]["diffusers"]:
+        assert all(r.get("vs_peer", 0) > 0 for r in rows if r["impl"] == "jaxgen")
+    assert section["meta"]["peak_matmul_gflops"] > 0 and len(section["meta"]["loadavg_start"]) == 3
+    assert "diffusers/jaxgen time (>1: jaxgen faster)" in md
+
+
+@pytest.mark.slow  # four recipes' compiles: about 90 s of CPU, over the default run's budget
+def test_train_quick_writes_json_markdown_and_png(tmp_path):
+    """Smoke recipes of every family, 3 timed steps; the LM beside nanoGPT's torch step."""
+    out = tmp_path / "train"
+    proc = _run("train", "--quick", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record, md = _check_outputs(out, ["train"])
+    section = record["benchmarks"][0]
+    assert section["status"] == "ok", section["reason"]
+    by = {r["family"]: r for r in section["rows"] if r["impl"] == "jaxgen"}
+    assert set(by) == {"vae", "gan", "diffusion", "lm"}
+    for r in by.values():
+        assert "skipped" in r or (r["step_ms"] > 0 and r["mfu"] > 0 and r["throughput"] > 0), r
+    if record["versions"]["torch"] and "skipped" not in by["lm"]:
+        assert by["lm"]["vs_nanogpt"] > 0 and by["lm"]["data"] in ("text_file", "stdlib")
+    assert "jaxgen/nanoGPT step time (<1: jaxgen faster)" in md
+
+
+def test_unet_short_attention_path_equals_the_xla_kernel():
+    """The U-Net's CPU attention path ("auto" at short sequences) computes what "xla" does."""
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jaxgen.nn.unet import UNet, UNetConfig, use_short_attention
+    cfg = UNetConfig(block_channels=(8, 16), layers_per_block=1, attention_levels=(False, True),
+                     norm_groups=4, zero_init=False)
+    assert use_short_attention("auto", 14 * 14) == (jax.default_backend() == "cpu")
+    x = jax.random.normal(jax.random.key(0), (2, 28, 28, 1))
+    t = jnp.array([3.0, 700.0])
+    params = UNet(cfg).init(jax.random.key(1), x, t)
+    got, want = (UNet(dataclasses.replace(cfg, attention_kernel=k)).apply(params, x, t)
+                 for k in ("auto", "xla"))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5, rtol=1e-5)
+
+
+def test_nanogpt_peer_matches_nanogpt_shapes_and_trains():
+    torch = pytest.importorskip("torch")
+    from benchmarks import nanogpt_torch as ng
+    c = ng.GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, batch_size=4)
+    model, step = ng.make_step(c)
+    # nanoGPT: tied head, no biases with bias=False, 12 d^2 weights per layer
+    assert model.lm_head.weight is model.wte.weight
+    assert ng.num_params(model) == c.vocab_size * 16 + 12 * 16 * 16 + 3 * 16
+    data = ng.batches(torch.arange(200) % c.vocab_size, c, 3)
+    losses = [step(x, y) for x, y in data]
+    assert all(0 < loss < 10 for loss in losses)  # ln(65) = 4.2 at init
