@@ -63,6 +63,7 @@ def get_config(variant: str = "default"):
     d.timesteps = 1000
     d.x0_weighting = "snr_trunc"
     d.cond_drop_prob = 0.1
+    d.clip_x0 = True
 
     c.optim.name = "adam"
     c.optim.lr = 2e-4

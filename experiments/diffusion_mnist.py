@@ -2,7 +2,7 @@
 
 Variants:
   default  a class-conditional UNet (eps prediction, cosine schedule), sized to train on a
-           2-core CPU in minutes; sampled with DPM-Solver++(2M), 20 steps.
+           2-core CPU in minutes; sampled with DDPM ancestral steps, 50 of them.
   dit      the same objective with a small DiT backbone (patch 4).
   edm      EDM preconditioning and loss (Karras et al. 2022), sampled with EDM Heun.
   smoke    a tiny model for a few steps, for tests of the CLI.
@@ -59,6 +59,7 @@ def get_config(variant: str = "default"):
     d.timesteps = 1000
     d.x0_weighting = "snr_trunc"
     d.cond_drop_prob = 0.1
+    d.clip_x0 = True             # sampling clips x0_hat to the data range [-1, 1]
 
     c.optim.name = "adamw"
     c.optim.lr = 2e-3
@@ -67,16 +68,16 @@ def get_config(variant: str = "default"):
     c.optim.end_lr_factor = 0.05
     c.optim.clip_norm = 1.0
 
-    c.train.steps = 2000
+    c.train.steps = 1500         # ~0.48 s/step on 2 cores: about 12 minutes of steps
     c.train.log_every = 100
     c.train.eval_every = 0
-    c.train.ckpt_every = 1000
+    c.train.ckpt_every = 500
     c.train.num_samples = 100
     c.train.ema_decay = 0.999
     c.train.ema_warmup = True
 
-    c.sample.sampler = "dpmpp_2m"
-    c.sample.steps = 20
+    c.sample.sampler = "ddpm"      # ancestral: fd_lenet 26.5 at 50 steps vs 92.9 for DPM-Solver++ 20
+    c.sample.steps = 50
     c.sample.eta = 0.0
     c.sample.guidance = 1.0
     c.sample.label = -1
