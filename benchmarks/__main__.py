@@ -18,6 +18,14 @@ from benchmarks import attention_grid
 CAUSAL_MODES = {"both": (True, False), "yes": (True,), "no": (False,)}
 
 
+# How each benchmark splits a CPU-only host when --cpu-devices is not given: denoise and train time
+# what `jaxgen sample` / `jaxgen train` run (one single-threaded device per core, the batch
+# sharded over them: the U-Net forward at batch 16 took 229 ms that way against 257 ms on one
+# multi-threaded device, 2-core CPU); attention runs as a plain python process, where the
+# chunked kernel was the same or faster (see benchmarks/host.py). `all` runs in one process.
+DEFAULT_CPU_DEVICES = {"attention": 1, "denoise": 0, "train": 0, "all": 1}
+
+
 class UsageError(ValueError):
     """A bad argument: one line, exit status 2."""
 
@@ -28,10 +36,11 @@ def parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny shapes, a few seconds (for CI)")
     p.add_argument("--out", metavar="DIR", help="output directory "
                    "(default bench_results/NAME-TIMESTAMP)")
-    p.add_argument("--cpu-devices", type=int, default=1, metavar="N",
+    p.add_argument("--cpu-devices", type=int, default=None, metavar="N",
                    help="CPU host only: 1 = one multi-threaded device, a plain python process "
-                        "(default); 0 = one single-threaded device per core with the batch "
-                        "sharded over them, as jaxgen train runs; N = N devices")
+                        "(default for attention and all); 0 = one single-threaded device per "
+                        "core with the batch sharded over them, as jaxgen train and jaxgen "
+                        "sample run (default for denoise and train); N = N devices")
     a = p.add_argument_group("attention")
     a.add_argument("--grid", help=f"one of {', '.join(attention_grid.GRIDS)} "
                    "(default: quick with --quick, else default)")
@@ -97,13 +106,15 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
         from benchmarks import suite
         suite.resolve(args.name)
         options = {"attention": attention_options(args)}
-        if args.cpu_devices < 0:
-            raise UsageError(f"--cpu-devices must be >= 0, got {args.cpu_devices}")
+        cpu_devices = (DEFAULT_CPU_DEVICES.get(args.name, 1) if args.cpu_devices is None
+                       else args.cpu_devices)
+        if cpu_devices < 0:
+            raise UsageError(f"--cpu-devices must be >= 0, got {cpu_devices}")
     except ValueError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     from benchmarks import host, report
-    setup = host.configure_host(args.cpu_devices)
+    setup = host.configure_host(cpu_devices)
     out = args.out or default_out(args.name)
     record, paths = suite.run_suite(args.name, args.quick, out, shlex.join([*prog.split(), *argv]),
                                     setup.note, options)

@@ -80,6 +80,29 @@ def test_group_count_divides():
     assert group_count(48, 32) == 24
 
 
+@pytest.mark.parametrize("shape,groups", [((2, 6, 5, 12), 4), ((3, 7, 8), 8), ((2, 4, 4, 6), 6)])
+def test_group_norm_matches_flax(shape, groups):
+    """jaxgen's GroupNorm is flax's (same parameters), value and gradient, on data with an
+    offset and a per-group spread (groups of one channel included)."""
+    import flax.linen as nn
+
+    from jaxgen.nn.layers import GroupNorm
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal(shape) * rng.uniform(0.5, 3, shape[-1]) + 1.5, jnp.float32)
+    ours, ref = GroupNorm(groups, epsilon=1e-5), nn.GroupNorm(groups, epsilon=1e-5)
+    params = _perturb(ref.init(jax.random.key(0), x), scale=0.5)
+    assert jax.tree.structure(ours.init(jax.random.key(0), x)) == jax.tree.structure(params)
+    w = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    loss = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)) * w)
+    np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), atol=2e-5, rtol=1e-5)
+    for g_ours, g_ref in zip(jax.grad(loss(ours), argnums=(0, 1))(params, x),
+                             jax.grad(loss(ref), argnums=(0, 1))(params, x)):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4),
+                     g_ours, g_ref)
+    with pytest.raises(ValueError, match="divisible"):
+        GroupNorm(5).init(jax.random.key(0), x)
+
+
 def test_unet_shapes_and_null_label():
     x, t = _inputs()
     model = UNet(TINY_UNET)

@@ -193,24 +193,59 @@ def test_resume_onto_another_mesh(tmp_path, saved_mesh, resumed_mesh):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
+def _signalling_datasets(config, batches: int, sig):
+    """Toy datasets whose train iterator sends ``sig`` to this process as it hands out batch
+    number ``batches``."""
+    data = toy.toy_datasets(config)
+    original = data.train.__next__
+
+    def next_and_signal():
+        batch = original()
+        if data.train.pos == batches * config.data.batch_size:
+            os.kill(os.getpid(), sig)
+        return batch
+    data.train.__class__ = type("Signalling", (toy.ToyIterator,),
+                                {"__next__": lambda self: next_and_signal()})
+    return data
+
+
 def test_ctrl_c_saves_the_current_step(tmp_path):
     import signal
 
     config = toy.toy_config(steps=50, ckpt_every=100)
-    data = toy.toy_datasets(config)
-    original = data.train.__next__
-
-    def next_and_interrupt():
-        batch = original()
-        if data.train.pos == 4 * config.data.batch_size:
-            os.kill(os.getpid(), signal.SIGINT)
-        return batch
-    data.train.__class__ = type("Interrupting", (toy.ToyIterator,),
-                                {"__next__": lambda self: next_and_interrupt()})
+    data = _signalling_datasets(config, 4, signal.SIGINT)
     with pytest.raises(loop.Preempted) as info:
         _train(config, tmp_path / "w", datasets=data)
     assert info.value.signal_name == "SIGINT" and info.value.step == 4
     assert _ckpt_steps(tmp_path / "w") == [4]
+
+
+def test_second_signal_during_the_preemption_save_corrupts_nothing(tmp_path, monkeypatch):
+    """SIGTERM at step 4, then SIGTERM and SIGINT again while that step is being saved: the run
+    still stops at step 4 with one intact checkpoint, and resuming it reaches the state of an
+    uninterrupted run bit for bit."""
+    import signal
+
+    config = toy.toy_config(steps=12, ckpt_every=100)
+    ref = _train(config, tmp_path / "ref")
+    data = _signalling_datasets(config, 4, signal.SIGTERM)
+    real_save, saves = ckpt_lib.Checkpointer.save, []
+
+    def save_under_fire(self, step, *args, **kw):
+        os.kill(os.getpid(), signal.SIGTERM)  # while the save starts ...
+        result = real_save(self, step, *args, **kw)
+        os.kill(os.getpid(), signal.SIGINT)  # ... and while it is written asynchronously
+        saves.append(step)
+        return result
+    monkeypatch.setattr(ckpt_lib.Checkpointer, "save", save_under_fire)
+    with pytest.raises(loop.Preempted) as info:
+        _train(config, tmp_path / "w", datasets=data)
+    assert info.value.step == 4 and saves == [4] and _ckpt_steps(tmp_path / "w") == [4]
+    monkeypatch.setattr(ckpt_lib.Checkpointer, "save", real_save)
+    resumed = _train(config, tmp_path / "w")
+    assert int(resumed.step) == 12
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                 resumed.params, ref.params)
 
 
 def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):

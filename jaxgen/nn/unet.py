@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.nn.kernels.auto import CHUNKED_MIN_SCORES
-from jaxgen.nn.layers import ImageSelfAttention, TimestepMLP, class_labels
+from jaxgen.nn.layers import GroupNorm, ImageSelfAttention, TimestepMLP, class_labels
 
 # DDPM's / score_sde's default_init: variance scaling 1.0, fan_avg, uniform.
 DEFAULT_INIT = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
@@ -140,11 +140,11 @@ def check_image_size(height: int, width: int, levels: int) -> None:
                          f"got {height}x{width}")
 
 
-def group_norm(cfg: UNetConfig, channels: int, name: str) -> nn.GroupNorm:
+def group_norm(cfg: UNetConfig, channels: int, name: str) -> GroupNorm:
     """GroupNorm (Wu & He 2018) over ``channels`` with float32 statistics and float32 output;
     the group count is the largest <= ``cfg.norm_groups`` that divides ``channels``."""
-    return nn.GroupNorm(group_count(channels, cfg.norm_groups), epsilon=cfg.norm_eps,
-                        dtype=jnp.float32, param_dtype=cfg.param_dtype, name=name)
+    return GroupNorm(group_count(channels, cfg.norm_groups), epsilon=cfg.norm_eps,
+                     param_dtype=cfg.param_dtype, name=name)
 
 
 def _resample(x: jax.Array, mode: str) -> jax.Array:
@@ -221,18 +221,26 @@ def use_short_attention(kernel: str, tokens: int) -> bool:
 def short_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     """softmax(q k^T / sqrt(H)) v for short sequences and narrow heads, q/k/v [B, T, N, H].
 
-    The same result as the ``xla`` kernel (to float32 rounding), laid out for XLA:CPU: scores
-    are [B, N, S, T] (keys major), so the max and the sum of the softmax reduce over the major
-    axis, vectorised across queries, and the normalisation divides the [B, T, N, H] output
-    instead of the [B, N, S, T] probabilities. About 1.7x faster than ``xla`` at the U-Net's
-    196 tokens of width 8 (2-core CPU); scores, exponentials and sums are float32.
+    The same result as the ``xla`` kernel (to float32 rounding), laid out for XLA:CPU: heads are
+    moved next to the batch ([B, N, T, H]) and keys are transposed to [B, N, H, S], so both
+    products are plain batched [T, H] x [H, S] and [T, S] x [S, H] matmuls with the batch axes
+    leading, and the normalisation divides the [B, N, T, H] output instead of the [B, N, T, S]
+    probabilities. At the U-Net's 196 tokens of width 8 (B=16, N=16, 2-core CPU) this took
+    5.7 ms against 21 ms with the contraction over the minor axis of both operands
+    (``einsum("btnh,bsnh->bnst")``) and 33 ms for ``jax.nn.dot_product_attention``; PyTorch's
+    SDPA took 5.2 ms on the same shape. Scores, exponentials and sums are float32.
     """
     f32 = jnp.float32
-    s = jnp.einsum("btnh,bsnh->bnst", q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype), k,
-                   preferred_element_type=f32)
-    e = jnp.exp(s - jnp.max(s, axis=2, keepdims=True))
-    o = jnp.einsum("bnst,bsnh->btnh", e.astype(v.dtype), v, preferred_element_type=f32)
-    return (o / jnp.moveaxis(jnp.sum(e, axis=2), 1, 2)[..., None]).astype(q.dtype)
+    batch_dims = ((0, 1), (0, 1))
+    q_t = (q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)).transpose(0, 2, 1, 3)  # [B, N, T, H]
+    k_t = k.transpose(0, 2, 3, 1)  # [B, N, H, S]
+    v_t = v.transpose(0, 2, 1, 3)  # [B, N, S, H]
+    s = jax.lax.dot_general(q_t, k_t, (((3,), (2,)), batch_dims), preferred_element_type=f32)
+    e = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True))  # [B, N, T, S]
+    o = jax.lax.dot_general(e.astype(v.dtype), v_t, (((3,), (2,)), batch_dims),
+                            preferred_element_type=f32)  # [B, N, T, H]
+    o = o / jnp.sum(e, axis=-1)[..., None]
+    return o.transpose(0, 2, 1, 3).astype(q.dtype)
 
 
 class ShortSelfAttention(nn.Module):
