@@ -94,6 +94,14 @@ def attention_options(args: argparse.Namespace) -> dict:
     return opts
 
 
+def cpu_devices_for(name: str, given: int | None) -> int:
+    """The host split a benchmark runs on: ``--cpu-devices`` when given, else its default."""
+    cpu_devices = DEFAULT_CPU_DEVICES.get(name, 1) if given is None else given
+    if cpu_devices < 0:
+        raise UsageError(f"--cpu-devices must be >= 0, got {cpu_devices}")
+    return cpu_devices
+
+
 def default_out(name: str) -> str:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return os.path.join("bench_results", f"{name}-{stamp}")
@@ -106,10 +114,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
         from benchmarks import suite
         suite.resolve(args.name)
         options = {"attention": attention_options(args)}
-        cpu_devices = (DEFAULT_CPU_DEVICES.get(args.name, 1) if args.cpu_devices is None
-                       else args.cpu_devices)
-        if cpu_devices < 0:
-            raise UsageError(f"--cpu-devices must be >= 0, got {cpu_devices}")
+        cpu_devices = cpu_devices_for(args.name, args.cpu_devices)
     except ValueError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2

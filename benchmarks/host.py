@@ -1,10 +1,12 @@
 """How a benchmark run sets up a CPU-only host, before JAX creates its backends.
 
-By default (``cpu_devices=1``) the benchmarks run like a plain ``python`` process: one CPU
-device whose matmuls are multi-threaded and whose independent ops (the ``chunked`` kernel's query
-blocks) XLA's thunk executor runs in parallel. ``cpu_devices=0`` splits the host the way
-``jaxgen train`` does (one single-threaded device per core, the batch sharded over them, see
-:mod:`jaxgen.train.host`); n > 1 asks for n devices. On the 2-core machine this was tuned on,
+``cpu_devices=1`` runs like a plain ``python`` process: one CPU device whose matmuls are
+multi-threaded and whose independent ops (the ``chunked`` kernel's query blocks) XLA's thunk
+executor runs in parallel. ``cpu_devices=0`` splits the host the way ``jaxgen train`` and
+``jaxgen sample`` do (one single-threaded device per core, the batch sharded over them, see
+:mod:`jaxgen.train.host`); n > 1 asks for n devices. Without ``--cpu-devices`` each benchmark
+takes its default from ``benchmarks.__main__.DEFAULT_CPU_DEVICES`` (attention 1; denoise and
+train 0). On the 2-core machine this was tuned on,
 the chunked kernel's ratio to torch SDPA was the same or better on one device (e.g. forward at
 T=2048: 0.62-0.89x on one device, 0.57-0.60x on two, same process interleaved). Every result
 file records the configuration, so figures from the two are never mixed up. Nothing changes on a host with an accelerator, once JAX's

@@ -244,8 +244,9 @@ def run(quick: bool) -> dict:
     text = next((r.get("data") for r in rows if r["family"] == "lm" and "data" in r), None)
     notes = [f"matmul peak (f32, all {len(jax.devices())} devices, this run): {peak:.1f} GFLOP/s",
              f"1-minute load average at start {load[0]:.2f}, at end {end[0]:.2f}",
-             (f"{len(jax.devices())} device(s); jaxgen train splits this host into "
-              f"{_cores()} (run with --cpu-devices 0 for that layout)"),
+             (f"{len(jax.devices())} device(s) for every recipe (--cpu-devices N picks the "
+              f"layout; jaxgen train follows each recipe's mesh.cpu_devices: 0 = one device "
+              f"per core, {_cores()} here)"),
              "MFU = XLA cost-analysis FLOPs of the compiled step / step time / matmul peak",
              f"LM data: {'tiny Shakespeare (text_file)' if text == 'text_file' else text}",
              "nanoGPT: torch.set_num_threads(all cores), windows interleaved with jaxgen's",

@@ -82,11 +82,21 @@ def test_all_quick_runs_every_benchmark_or_says_why_not(tmp_path):
     (["attention", "--kernels", "xla,flash"], "unknown kernel(s) flash; choose from"),
     (["attention", "--grid", "huge"], "unknown grid 'huge'"),
     (["attention", "--shapes", "4,8,x,64"], "bad shape '4,8,x,64'"),
+    (["denoise", "--cpu-devices", "-1"], "--cpu-devices must be >= 0, got -1"),
 ])
 def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
     assert bench_main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_host_split_defaults_follow_the_cli_and_yield_to_the_flag():
+    from benchmarks.__main__ import cpu_devices_for
+    # denoise/train time what `jaxgen sample`/`jaxgen train` run (one device per core);
+    # attention runs as a plain python process
+    assert [cpu_devices_for(n, None) for n in ("attention", "denoise", "train", "all")] == \
+        [1, 0, 0, 1]
+    assert cpu_devices_for("denoise", 1) == 1 and cpu_devices_for("attention", 0) == 0
 
 
 def test_jaxgen_bench_subcommand_reaches_the_suite(capsys):
