@@ -63,7 +63,8 @@ def get_config(variant: str = "default"):
     d.timesteps = 1000
     d.x0_weighting = "snr_trunc"
     d.cond_drop_prob = 0.1
-    d.clip_x0 = True
+    d.clip_x0 = True             # sampling and bits/dim clip x0_hat to the data range [-1, 1]
+    d.sample_sigma_max = 80.0    # a discrete grid starts at sigma <= 80 (cosine's top is ~2e4)
 
     c.optim.name = "adam"
     c.optim.lr = 2e-4

@@ -83,6 +83,7 @@ def test_unconditional_model_refuses_guidance_and_labels():
     (("model.backbone=resnet",), "unknown model.backbone"),
     (("sample.sampler=rk4",), "unknown sampler"),
     (("sample.steps=-3",), "steps"),
+    (("diffusion.sample_sigma_max=-1",), "sample_sigma_max must be >= 0"),
     (("model.block_channels=(8,8,8,8)", "model.attention_levels=(False,False,False,False)"),
      "28"),
 ])

@@ -225,6 +225,40 @@ def test_denoiser_of_perfect_model_returns_x0(param):
                                    atol=1e-6 * max(1.0, float(sigma)))
 
 
+def test_sampling_grid_caps_its_first_sigma_only_where_asked():
+    """sample_sigma_max replaces a cosine grid's first sigma (~2e4) by the cap and leaves the
+    rest; no cap, or a cap above the top, leaves the grid; EDM's grid is its own."""
+    cosine = Schedule("cosine", 1000)
+    plain = obj.sampling_sigmas(DiffusionConfig("eps", cosine), 10)
+    capped = obj.sampling_sigmas(DiffusionConfig("eps", cosine, sample_sigma_max=80.0), 10)
+    assert float(plain[0]) > 1e4
+    assert float(capped[0]) == pytest.approx(80.0)
+    np.testing.assert_array_equal(capped[1:], plain[1:])
+    assert bool(jnp.all(jnp.diff(capped) < 0))
+    high = obj.sampling_sigmas(DiffusionConfig("eps", cosine, sample_sigma_max=1e9), 10)
+    np.testing.assert_array_equal(high, plain)
+    tiny = obj.sampling_sigmas(DiffusionConfig("eps", cosine, sample_sigma_max=1e-3), 10)
+    assert float(tiny[0]) > float(tiny[1])  # never below the next sigma: the grid still decreases
+    edm = DiffusionConfig("edm", sample_sigma_max=5.0)
+    np.testing.assert_array_equal(obj.sampling_sigmas(edm, 10),
+                                  obj.sampling_sigmas(DiffusionConfig("edm"), 10))
+    with pytest.raises(ValueError, match="sample_sigma_max must be >= 0"):
+        DiffusionConfig("eps", cosine, sample_sigma_max=-1.0)
+
+
+def test_denoiser_clips_x0_hat_only_with_clip_x0():
+    """An eps model that is far off at high sigma: clip_x0 clips x0_hat to [-1, 1], exactly the
+    clip of the unclipped estimate."""
+    cfg = DiffusionConfig("eps", Schedule("linear", 1000))
+    model = lambda x, t, labels: jnp.full_like(x, -3.0)  # noqa: E731  (eps = -3 everywhere)
+    x = jax.random.normal(rkey(3), (2, 4, 4, 1)) * 50.0
+    sigma = jnp.full((2,), 50.0)
+    raw = obj.denoiser(model, cfg)(x, sigma, None)
+    clipped = obj.denoiser(model, DiffusionConfig("eps", cfg.schedule, clip_x0=True))(x, sigma, None)
+    assert float(jnp.max(jnp.abs(raw))) > 10.0
+    np.testing.assert_array_equal(clipped, jnp.clip(raw, -1.0, 1.0))
+
+
 # ---------------------------------------------------------------------------------- likelihood
 def grid_images(key, shape):
     """8-bit images in [-1, 1] (k / 127.5 - 1), with both edge values present."""

@@ -102,20 +102,6 @@ def make_family(config: Any, data_info: dict) -> Family:
     sample_defaults = config.get("sample", {})
     default_options = hparams.sample_options(sample_defaults, num_classes)
     ecfg = hparams.EvalSettings.from_config(config.get("eval"))
-    # At the top of a cosine schedule sigma is ~2e4 and an eps model's x0_hat is ~1e3 off:
-    # without the clip, the first sampler step ruins every sample.
-    clip_x0 = bool(config.diffusion.get("clip_x0", True))
-    sigma_cap = float(config.diffusion.get("sample_sigma_max", 80.0))
-
-    def grid(steps: int) -> jax.Array:
-        """The sampler's sigma grid [steps + 1]: the model's own (sampling_sigmas), with the first
-        sigma capped at ``diffusion.sample_sigma_max`` (80, Karras et al. 2022's sigma_max). A
-        cosine schedule's top sigma is ~2e4: x = sigma eps is pure noise either way, but a
-        second-order step across 2e4 -> 12 is unstable."""
-        sigmas = sampling_sigmas(model.objective, steps)
-        if model.objective.discrete and sigma_cap > 0:
-            sigmas = sigmas.at[0].set(jnp.minimum(sigmas[0], jnp.maximum(sigma_cap, sigmas[1] * 1.0001)))
-        return sigmas
     optim = dataclasses.replace(OptimConfig.from_config(config.optim),
                                 total_steps=int(config.train.steps))
     tx = make_optimizer(optim)
@@ -143,12 +129,8 @@ def make_family(config: Any, data_info: dict) -> Family:
         o = options or default_options
         params = _sampling_params(state, o.weights)
         labels = _sample_labels(num_classes, o.label, n)
-        denoise = denoiser(model.model_fn(params), model.objective)
-        if clip_x0:  # data lie in [-1, 1]: clip x0_hat, as DDPM's clip_denoised (Ho et al. 2020)
-            raw_denoise = denoise
-            denoise = lambda x, sigma, y: jnp.clip(raw_denoise(x, sigma, y), -1.0, 1.0)  # noqa: E731
-        x0 = samplers_lib.sample(denoise, (n, *shape),
-                                 rng, o.sampler, grid(o.sampler.steps),
+        x0 = samplers_lib.sample(denoiser(model.model_fn(params), model.objective), (n, *shape),
+                                 rng, o.sampler, sampling_sigmas(model.objective, o.sampler.steps),
                                  labels, model.objective.null_label)
         return jnp.clip((x0 + 1.0) / 2.0, 0.0, 1.0)
 
@@ -162,7 +144,7 @@ def make_family(config: Any, data_info: dict) -> Family:
     @jax.jit
     def _bpd(params, x, labels, key):
         return nll_bits_per_dim(model.model_fn(params), x, labels, key, model.objective,
-                                ecfg.bpd_timesteps)
+                                ecfg.bpd_timesteps, clip_x0=model.objective.clip_x0)
 
     def final_eval(state: TrainState, batches: Iterable[dict]) -> dict:
         """Bits per dimension on the first ``eval.bpd_examples`` test images (DDPM bound)."""

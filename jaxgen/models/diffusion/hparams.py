@@ -68,7 +68,9 @@ def diffusion_config(d: Any, num_classes: int) -> DiffusionConfig:
     drop = float(d.get("cond_drop_prob", 0.0)) if num_classes > 0 else 0.0
     return _usage(DiffusionConfig, parameterization=str(d.parameterization), schedule=schedule,
                   x0_weighting=str(d.get("x0_weighting", "snr_trunc")), cond_drop_prob=drop,
-                  null_label=num_classes if num_classes > 0 else None)
+                  null_label=num_classes if num_classes > 0 else None,
+                  clip_x0=bool(d.get("clip_x0", True)),
+                  sample_sigma_max=float(d.get("sample_sigma_max", 80.0)))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -50,6 +50,12 @@ class DiffusionConfig:
       x0_weighting: "snr_trunc" or "plain", for parameterization "x0" only.
       cond_drop_prob: probability of replacing a label by ``null_label`` during training.
       null_label: the "no label" class id used for guidance (required if cond_drop_prob > 0).
+      clip_x0: :func:`denoiser` clips x0_hat to the data range [-1, 1], as DDPM's
+        ``clip_denoised`` (Ho et al. 2020); the bits/dim decoder does the same.
+      sample_sigma_max: > 0 caps the first sigma of a discrete-time model's sampling grid
+        (:func:`sampling_sigmas`) at this value (Karras et al. 2022 sample from sigma 80). A cosine
+        schedule's top sigma is ~2e4: x = sigma eps is pure noise either way, but an eps model's
+        x0_hat there is ~1e3 off and a second-order step across 2e4 -> 12 is unstable. 0: no cap.
     """
 
     parameterization: str = "eps"
@@ -58,8 +64,12 @@ class DiffusionConfig:
     x0_weighting: str = "snr_trunc"
     cond_drop_prob: float = 0.0
     null_label: int | None = None
+    clip_x0: bool = False
+    sample_sigma_max: float = 0.0
 
     def __post_init__(self):
+        if self.sample_sigma_max < 0:
+            raise ValueError(f"sample_sigma_max must be >= 0 (0: no cap), got {self.sample_sigma_max}")
         if self.parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"unknown parameterization {self.parameterization!r}; expected one "
                              f"of {PARAMETERIZATIONS}")
@@ -180,10 +190,9 @@ def denoiser(model_fn: ModelFn, cfg: DiffusionConfig) -> DenoiseFn:
     converted with ``predict_x0_eps``. A sigma beyond the schedule's range is evaluated at the
     nearest end timestep (the VP scaling still uses the true sigma), so sample a discrete model
     on its own sigmas (``sampling_sigmas``). An EDM model is preconditioned by ``edm_denoise``.
+    With ``cfg.clip_x0`` the result is clipped to [-1, 1].
     """
-    def denoise(x: jax.Array, sigma: jax.Array, labels: jax.Array | None = None) -> jax.Array:
-        x = x.astype(jnp.float32)
-        sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), x.shape[:1])
+    def raw(x: jax.Array, sigma: jax.Array, labels: jax.Array | None) -> jax.Array:
         if cfg.parameterization == "edm":
             return edm_denoise(model_fn, x, sigma, labels, cfg.edm)
         abar = 1.0 / (1.0 + sigma**2)
@@ -191,13 +200,25 @@ def denoiser(model_fn: ModelFn, cfg: DiffusionConfig) -> DenoiseFn:
         out = model_fn(x_vp, sch.sigma_to_t(cfg.schedule, sigma), labels)
         return predict_x0_eps(cfg.parameterization, out, x_vp, abar)[0]
 
+    def denoise(x: jax.Array, sigma: jax.Array, labels: jax.Array | None = None) -> jax.Array:
+        x = x.astype(jnp.float32)
+        sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), x.shape[:1])
+        x0_hat = raw(x, sigma, labels)
+        return jnp.clip(x0_hat, -1.0, 1.0) if cfg.clip_x0 else x0_hat
+
     return denoise
 
 
 def sampling_sigmas(cfg: DiffusionConfig, steps: int) -> jax.Array:
     """The default sampling grid [steps + 1] (decreasing, ending in 0) for a model: its own
-    schedule's sigmas at evenly spaced timesteps (discrete-time) or Karras et al. Eq. 5 (EDM)."""
+    schedule's sigmas at evenly spaced timesteps (discrete-time; the first one capped at
+    ``cfg.sample_sigma_max`` when that is > 0, and kept above the second) or Karras et al. Eq. 5
+    (EDM)."""
     if cfg.parameterization == "edm":
         e = cfg.edm
         return sch.karras_sigmas(steps, e.sigma_min, e.sigma_max, e.rho)
-    return sch.discrete_sigmas(cfg.schedule, steps)
+    sigmas = sch.discrete_sigmas(cfg.schedule, steps)
+    if cfg.sample_sigma_max > 0:
+        top = jnp.maximum(cfg.sample_sigma_max, sigmas[1] * 1.0001)
+        sigmas = sigmas.at[0].set(jnp.minimum(sigmas[0], top))
+    return sigmas
