@@ -193,27 +193,11 @@ def test_resume_onto_another_mesh(tmp_path, saved_mesh, resumed_mesh):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
-def _signalling_datasets(config, batches: int, sig):
-    """Toy datasets whose train iterator sends ``sig`` to this process as it hands out batch
-    number ``batches``."""
-    data = toy.toy_datasets(config)
-    original = data.train.__next__
-
-    def next_and_signal():
-        batch = original()
-        if data.train.pos == batches * config.data.batch_size:
-            os.kill(os.getpid(), sig)
-        return batch
-    data.train.__class__ = type("Signalling", (toy.ToyIterator,),
-                                {"__next__": lambda self: next_and_signal()})
-    return data
-
-
 def test_ctrl_c_saves_the_current_step(tmp_path):
     import signal
 
     config = toy.toy_config(steps=50, ckpt_every=100)
-    data = _signalling_datasets(config, 4, signal.SIGINT)
+    data = toy.signalling_datasets(config, 4, signal.SIGINT)
     with pytest.raises(loop.Preempted) as info:
         _train(config, tmp_path / "w", datasets=data)
     assert info.value.signal_name == "SIGINT" and info.value.step == 4
@@ -228,7 +212,7 @@ def test_second_signal_during_the_preemption_save_corrupts_nothing(tmp_path, mon
 
     config = toy.toy_config(steps=12, ckpt_every=100)
     ref = _train(config, tmp_path / "ref")
-    data = _signalling_datasets(config, 4, signal.SIGTERM)
+    data = toy.signalling_datasets(config, 4, signal.SIGTERM)
     real_save, saves = ckpt_lib.Checkpointer.save, []
 
     def save_under_fire(self, step, *args, **kw):

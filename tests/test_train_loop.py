@@ -113,17 +113,7 @@ def test_sigterm_saves_and_exits(tmp_path):
     import signal
 
     config = toy.toy_config(steps=50, ckpt_every=100)
-    datasets = toy.toy_datasets(config)
-    original = datasets.train.__next__
-
-    def next_and_preempt():
-        batch = original()
-        if datasets.train.pos == 5 * config.data.batch_size:  # the 5th batch: send SIGTERM
-            os.kill(os.getpid(), signal.SIGTERM)
-        return batch
-
-    datasets.train.__class__ = type("Preempting", (toy.ToyIterator,),
-                                    {"__next__": lambda self: next_and_preempt()})
+    datasets = toy.signalling_datasets(config, 5, signal.SIGTERM)  # SIGTERM at the 5th batch
     with pytest.raises(loop.Preempted) as info:
         loop.train(config, str(tmp_path / "w"), family=toy.make_family, datasets=datasets, progress=False)
     state = info.value.state

@@ -76,6 +76,24 @@ def toy_datasets(config, process_index: int = 0, process_count: int = 1) -> ToyD
     return ToyDatasets(it, eval_data, config.data.eval_batch_size // process_count, {"kind": "toy"})
 
 
+def signalling_datasets(config, batches: int, sig) -> ToyDatasets:
+    """Toy datasets whose train iterator sends ``sig`` to this process as it hands out batch
+    number ``batches`` (a preemption or Ctrl-C at a known step)."""
+    import os
+
+    data = toy_datasets(config)
+    original = data.train.__next__
+
+    def next_and_signal():
+        batch = original()
+        if data.train.pos == batches * config.data.batch_size:
+            os.kill(os.getpid(), sig)
+        return batch
+    data.train.__class__ = type("Signalling", (ToyIterator,),
+                                {"__next__": lambda self: next_and_signal()})
+    return data
+
+
 class AE(nn.Module):
     noise: float = 0.01
 
