@@ -20,9 +20,9 @@ CAUSAL_MODES = {"both": (True, False), "yes": (True,), "no": (False,)}
 
 # How each benchmark splits a CPU-only host when --cpu-devices is not given: denoise and train time
 # what `jaxgen sample` / `jaxgen train` run (one single-threaded device per core, the batch
-# sharded over them: the U-Net forward at batch 16 took 229 ms that way against 257 ms on one
-# multi-threaded device, 2-core CPU); attention runs as a plain python process, where the
-# chunked kernel was the same or faster (see benchmarks/host.py). `all` runs in one process.
+# sharded over them; see benchmarks/README.md for both layouts on the 2-core CPU); attention
+# runs as a plain python process, where the chunked kernel was the same or faster (see
+# benchmarks/host.py). `all` runs in one process.
 DEFAULT_CPU_DEVICES = {"attention": 1, "denoise": 0, "train": 0, "all": 1}
 
 

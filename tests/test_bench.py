@@ -270,6 +270,17 @@ def test_unet_short_attention_path_equals_the_xla_kernel():
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5, rtol=1e-5)
 
 
+def test_unet_parts_rows_agree_with_their_references():
+    """benchmarks.unet_parts times layouts that compute the same thing: every row's output is
+    within float32 rounding of its reference row."""
+    from benchmarks import unet_parts
+    rows = unet_parts.attention_rows(batch=1, repeats=1) + unet_parts.group_norm_rows(1, 1)
+    names = [name for name, _, _ in rows]
+    assert any("short_attention" in n for n in names) and any("flax GroupNorm" in n for n in names)
+    for name, ms, err in rows:
+        assert ms > 0 and err < 1e-4, (name, ms, err)
+
+
 def test_nanogpt_peer_matches_nanogpt_shapes_and_trains():
     torch = pytest.importorskip("torch")
     from benchmarks import nanogpt_torch as ng

@@ -105,8 +105,9 @@ class GroupNorm(nn.Module):
     Laid out for XLA:CPU: the spatial mean of x and x^2 per (example, channel) is one reduction
     over the major axes, vectorised across channels; groups are then averaged on the small
     [B, C] statistics and the whole norm is applied as ``x * a + b`` with per-(example, channel)
-    ``a`` and ``b`` (one fused pass). 2.5-3.5x faster than flax's [B, H, W, G, C/G] reduction at
-    the U-Net's shapes on a 2-core CPU, including the SiLU that follows.
+    ``a`` and ``b`` (one fused pass). 2-3x faster than flax's [B, H, W, G, C/G] reduction at
+    the U-Net's shapes on a 2-core CPU, including the SiLU that follows
+    (``python -m benchmarks.unet_parts``).
     """
 
     num_groups: int = 32
