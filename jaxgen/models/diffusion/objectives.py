@@ -69,7 +69,8 @@ class DiffusionConfig:
 
     def __post_init__(self):
         if self.sample_sigma_max < 0:
-            raise ValueError(f"sample_sigma_max must be >= 0 (0: no cap), got {self.sample_sigma_max}")
+            raise ValueError(f"sample_sigma_max must be >= 0 (0: no cap), got "
+                             f"{self.sample_sigma_max}")
         if self.parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"unknown parameterization {self.parameterization!r}; expected one "
                              f"of {PARAMETERIZATIONS}")
