@@ -37,13 +37,14 @@ from benchmarks.common import (
     time_interleaved,
 )
 from jaxgen.nn.kernels import KERNELS, attention, reference_attention, shard_attention
+from jaxgen.nn.kernels.cpu_flash import cpu_flash_unusable_reason
 from jaxgen.nn.kernels.pallas import pallas_unusable_reason
 from jaxgen.nn.kernels.xla import cudnn_unusable_reason
 
 BENCH_KERNELS = tuple(k for k in KERNELS if k != "auto")
 MIB = 2 ** 20
 TARGET_MAX_T = 4096  # headline rows up to this length are always timed (the performance target)
-TARGET_KERNELS = ("chunked", "pallas", "cudnn", peers.PEER_NAME)
+TARGET_KERNELS = ("chunked", "cpu_flash", "pallas", "cudnn", peers.PEER_NAME)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +80,8 @@ def skip_reason(kernel: str, c: Case, quick: bool, opts: Options = Options()) ->
         if platform != "gpu" and not quick:
             return f"pallas runs on {platform} only in interpret mode (benchmarked with --quick)"
         return pallas_unusable_reason(q, q, mask=None, interpret=platform != "gpu")
+    if kernel == "cpu_flash":
+        return cpu_flash_unusable_reason(q, q, q, mask=None, platform=platform)
     return None
 
 
@@ -138,7 +141,7 @@ def _prepare_kernel(kernel: str, c: Case, pass_name: str, args, mesh, quick: boo
     """-> (row fields, zero-arg timed call or None)."""
     interpret = kernel == "pallas" and jax.default_backend() != "gpu"
     fn = functools.partial(attention, causal=c.causal, kernel=kernel, interpret=interpret)
-    if kernel == "pallas" and mesh.size > 1:
+    if kernel in ("pallas", "cpu_flash") and mesh.size > 1:  # opaque to the partitioner
         fn = shard_attention(fn, mesh, batch_axes="data")
     q, k, v, do = args
     try:

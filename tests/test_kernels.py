@@ -143,7 +143,7 @@ def test_cudnn_on_cpu_raises_one_line():
 
 def test_unknown_kernel_lists_valid_names():
     q = jnp.ones((1, 4, 1, 4))
-    with pytest.raises(ValueError, match="unknown attention kernel 'flash'.*chunked, pallas"):
+    with pytest.raises(ValueError, match="unknown attention kernel 'flash'.*chunked, cpu_flash, pallas"):
         attention(q, q, q, kernel="flash")
 
 
@@ -177,4 +177,5 @@ def test_auto_on_gpu_prefers_cudnn_and_logs_each_fallback_once(caplog):
 
 
 def test_kernel_names_are_public():
-    assert set(kernels.KERNELS) == {"auto", "reference", "xla", "cudnn", "chunked", "pallas"}
+    assert set(kernels.KERNELS) == {"auto", "reference", "xla", "cudnn", "chunked", "cpu_flash",
+                                    "pallas"}

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxgen.cache import cache_dir
 from jaxgen.train.optim import OptimConfig, make_optimizer
 from jaxgen.train.state import create_state
 from jaxgen.train.step import make_train_step
@@ -234,11 +235,6 @@ def load_dataset(dataset: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     for a in out:
         a.flags.writeable = False
     return out
-
-
-def cache_dir() -> Path:
-    """``$JAXGEN_CACHE`` when set, else ``~/.cache/jaxgen``."""
-    return Path(os.environ.get("JAXGEN_CACHE") or Path.home() / ".cache" / "jaxgen").expanduser()
 
 
 def cache_path(dataset: str = "mnist_embedded") -> Path:

@@ -2,7 +2,8 @@
 
 Kernels: ``reference`` (plain JAX, float32 scores), ``xla`` and ``cudnn``
 (``jax.nn.dot_product_attention``), ``chunked`` (memory-efficient, Rabe & Staats 2021, with a
-FlashAttention-2 backward and causal block skipping), ``pallas`` (flash attention, Dao et al.
+FlashAttention-2 backward and causal block skipping), ``cpu_flash`` (FlashAttention as a C++
+AVX-512 kernel behind ``jax.ffi``, float32, built on first use), ``pallas`` (flash attention, Dao et al.
 2022; GPU, or interpret mode on CPU), ``auto`` (see :mod:`jaxgen.nn.kernels.auto`).
 :func:`shard_attention` runs any of them per batch/head shard under a sharded ``jit``.
 """
@@ -12,12 +13,13 @@ import jax
 
 from jaxgen.nn.kernels.auto import choose_kernel
 from jaxgen.nn.kernels.chunked import chunked_attention
+from jaxgen.nn.kernels.cpu_flash import cpu_flash_attention
 from jaxgen.nn.kernels.pallas import pallas_attention
 from jaxgen.nn.kernels.reference import causal_mask, reference_attention
 from jaxgen.nn.kernels.sharding import shard_attention
 from jaxgen.nn.kernels.xla import dot_product_attention
 
-KERNELS = ("auto", "reference", "xla", "cudnn", "chunked", "pallas")
+KERNELS = ("auto", "reference", "xla", "cudnn", "chunked", "cpu_flash", "pallas")
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False,
@@ -33,7 +35,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False,
     Args:
       kernel: one of :data:`KERNELS`.
       interpret: run the ``pallas`` kernel in the Pallas interpreter (needed off GPU).
-      block_q, block_k: tile sizes for ``chunked`` and ``pallas`` (None: each kernel's default).
+      block_q, block_k: tile sizes for ``chunked``, ``cpu_flash`` and ``pallas`` (None: each
+        kernel's default).
     Raises:
       ValueError: unknown kernel, or a kernel that cannot run these inputs on this platform.
     """
@@ -50,9 +53,12 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False,
                                      implementation=kernel)
     if kernel == "chunked":
         return chunked_attention(q, k, v, causal=causal, mask=mask, scale=scale, **blocks)
+    if kernel == "cpu_flash":
+        return cpu_flash_attention(q, k, v, causal=causal, mask=mask, scale=scale, **blocks)
     return pallas_attention(q, k, v, causal=causal, mask=mask, scale=scale,
                             interpret=interpret, **blocks)
 
 
 __all__ = ["KERNELS", "attention", "causal_mask", "choose_kernel", "chunked_attention",
+           "cpu_flash_attention",
            "dot_product_attention", "pallas_attention", "reference_attention", "shard_attention"]

@@ -8,9 +8,13 @@ not measured here):
 - TPU and any other platform: ``xla`` (XLA's TPU compiler fuses attention itself; the
   ``chunked`` kernel's tiling is tuned for CPU caches, and its unrolled tile plan would only
   lengthen TPU compiles). Logged once.
-- CPU: ``chunked`` for causal attention with T_k >= CAUSAL_CHUNKED_MIN_T or
-  any attention with T_q * T_k >= CHUNKED_MIN_SCORES (it skips masked blocks and keeps score
-  tiles in cache); ``xla`` for shorter sequences, where one fused dense op wins.
+- CPU: for causal attention with T_k >= CAUSAL_CHUNKED_MIN_T or any attention with
+  T_q * T_k >= CHUNKED_MIN_SCORES, ``cpu_flash`` when it can run (float32, no mask, head dim a
+  multiple of 16, AVX-512 and a compiler, see :mod:`jaxgen.nn.kernels.cpu_flash`) and the
+  process has one device (the custom call is opaque to the SPMD partitioner, see
+  :func:`~jaxgen.nn.kernels.sharding.shard_attention`), else ``chunked``; both skip masked
+  blocks and keep score tiles in cache. ``xla`` for shorter sequences, where one fused dense
+  op wins.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import logging
 
 import jax
 
+from jaxgen.nn.kernels.cpu_flash import cpu_flash_unusable_reason
 from jaxgen.nn.kernels.pallas import (
     DEFAULT_BLOCK_BACKWARD,
     DEFAULT_BLOCK_K,
@@ -77,5 +82,8 @@ def choose_kernel(q: jax.Array, k: jax.Array, *, causal: bool, mask: jax.Array |
     if platform != "cpu":  # TPU and others: XLA's own fused attention, not the CPU-tuned kernel
         return _fallback("xla", f"platform {platform} has no kernel tuned for it here")
     if (causal and t_k >= CAUSAL_CHUNKED_MIN_T) or t_q * t_k >= CHUNKED_MIN_SCORES:
-        return "chunked"
+        reason = ("the process has several devices and the cpu_flash custom call would be "
+                  "gathered to each" if jax.device_count() > 1 else
+                  cpu_flash_unusable_reason(q, k, mask=mask, platform=platform))
+        return "cpu_flash" if reason is None else _fallback("chunked", reason)
     return "xla"

@@ -1,0 +1,199 @@
+"""``cpu_flash``: FlashAttention for x86-64 CPUs with AVX-512, a C++ kernel behind ``jax.ffi``.
+
+Forward: online softmax over key tiles (Rabe & Staats 2021; Dao et al. 2022, "FlashAttention");
+backward: FlashAttention-2 (Dao 2023), recomputing each score tile from the saved log-sum-exp.
+Both are XLA FFI custom calls (``cpu/flash_attention.cc``) that split the work over (example,
+key/value head) on XLA's intra-op thread pool and run every tile product through a
+register-blocked AVX-512 micro-kernel that reads q, k, v and the cotangent in place (layout BTNH,
+no transposed copies). Semantics are those of :func:`~jaxgen.nn.kernels.reference.reference_attention`
+for ``mask=None``: bottom-right causal mask, GQA/MQA, zeros for rows with no visible key.
+
+Limits (each gives a one-line reason from :func:`cpu_flash_unusable_reason`): float32, head dim
+a multiple of 16, no arbitrary mask, a CPU with AVX-512F, and a C++17 compiler (``$CXX``, else
+``c++``) the first time: the library is compiled for this CPU (``-march=native``) on first use
+and cached under ``$JAXGEN_CACHE/kernels`` (see :mod:`jaxgen.cache`), keyed by the source, the
+compiler and the jaxlib version, so later processes only load it.
+
+The custom call is opaque to XLA's SPMD partitioner: under a sharded ``jit`` wrap it in
+:func:`~jaxgen.nn.kernels.sharding.shard_attention`, or each device computes every example.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform as _platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgen.cache import cache_dir
+
+SOURCE = Path(__file__).with_name("cpu") / "flash_attention.cc"
+FORWARD_TARGET = "jaxgen_cpu_flash_forward"
+BACKWARD_TARGET = "jaxgen_cpu_flash_backward"
+# Tuned by `python -m benchmarks attention` on a 2-core Xeon (AVX-512) at B=4, N=8, T=2048-4096,
+# H=64: a 256 x 256 score tile (256 KiB) stays in L2 next to the packed K^T/V^T of one head.
+DEFAULT_BLOCK_Q = 256
+DEFAULT_BLOCK_K = 256
+CXXFLAGS = ("-O3", "-std=c++17", "-march=native", "-fPIC", "-shared", "-fno-math-errno",
+            "-Wno-attributes", "-Wno-return-type")
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def _compiler() -> str | None:
+    cxx = os.environ.get("CXX") or "c++"
+    return shutil.which(cxx)
+
+
+def _library_path(cxx: str) -> Path:
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True,
+                             check=False).stdout.splitlines()[:1]
+    key = hashlib.sha256("\n".join([SOURCE.read_text(), *version, " ".join(CXXFLAGS),
+                                    jax.__version__, " ".join(sorted(_cpu_flags()))]).encode())
+    return cache_dir() / "kernels" / f"flash_attention-{key.hexdigest()[:16]}.so"
+
+
+def _build(cxx: str, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        cmd = [cxx, *CXXFLAGS, f"-I{jax.ffi.include_dir()}", "-o", tmp, str(SOURCE)]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if res.returncode:
+            err = [ln for ln in res.stderr.splitlines() if "error" in ln][:1] or ["no output"]
+            raise RuntimeError(f"compiling {SOURCE.name} failed: {err[0]}")
+        os.replace(tmp, out)  # atomic: concurrent processes never load a half-written library
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@functools.cache
+def _load() -> tuple[bool, str]:
+    """Build (once per machine) and register the FFI targets: (ok, why not)."""
+    if _platform.machine().lower() not in ("x86_64", "amd64"):
+        return False, f"attention kernel 'cpu_flash' needs an x86-64 CPU, not {_platform.machine()}"
+    if "avx512f" not in _cpu_flags():
+        return False, "attention kernel 'cpu_flash' needs a CPU with AVX-512F"
+    cxx = _compiler()
+    if cxx is None:
+        return False, ("attention kernel 'cpu_flash' needs a C++17 compiler to build it once "
+                       "(set $CXX or install c++)")
+    path = _library_path(cxx)
+    try:
+        if not path.exists():
+            _build(cxx, path)
+        lib = ctypes.CDLL(str(path))
+        for name, symbol in ((FORWARD_TARGET, lib.JaxgenFlashForward),
+                             (BACKWARD_TARGET, lib.JaxgenFlashBackward)):
+            jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol), platform="cpu")
+    except (OSError, RuntimeError, AttributeError) as e:
+        return False, f"attention kernel 'cpu_flash' is unavailable: {str(e).splitlines()[0]}"
+    return True, ""
+
+
+def cpu_flash_unusable_reason(q: jax.Array, k: jax.Array, v: jax.Array | None = None, *,
+                              mask: jax.Array | None = None,
+                              platform: str | None = None) -> str | None:
+    """One line saying why ``cpu_flash`` cannot run these inputs here, or None if it can."""
+    platform = jax.default_backend() if platform is None else platform
+    if platform != "cpu":
+        return f"attention kernel 'cpu_flash' runs on CPU; this platform is {platform}"
+    if mask is not None:
+        return "attention kernel 'cpu_flash' cannot take a mask (only causal or none)"
+    dtypes = {jnp.dtype(x.dtype) for x in (q, k, v) if x is not None}
+    if dtypes != {jnp.dtype(jnp.float32)}:
+        return (f"attention kernel 'cpu_flash' takes float32 only, got "
+                f"{', '.join(sorted(d.name for d in dtypes))}")
+    if q.shape[-1] % 16:
+        return f"attention kernel 'cpu_flash' needs a head dim that is a multiple of 16, got {q.shape[-1]}"
+    ok, why = _load()
+    return None if ok else why
+
+
+def _attrs(scale: float, causal: bool, block_q: int, block_k: int) -> dict:
+    return dict(scale=np.float32(scale), causal=np.int32(causal), block_q=np.int64(block_q),
+                block_k=np.int64(block_k))
+
+
+def _forward(q, k, v, attrs):
+    b, t_q, n, _ = q.shape
+    call = jax.ffi.ffi_call(FORWARD_TARGET, (jax.ShapeDtypeStruct(q.shape, jnp.float32),
+                                             jax.ShapeDtypeStruct((b, n, t_q), jnp.float32)),
+                            vmap_method="sequential")
+    return call(q, k, v, **attrs)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _flash(q, k, v, attrs_key):
+    return _forward(q, k, v, dict(attrs_key))[0]
+
+
+def _flash_fwd(q, k, v, attrs_key):
+    o, lse = _forward(q, k, v, dict(attrs_key))
+    return o, (q, k, v, o, lse)
+
+
+def _flash_bwd(attrs_key, res, do):
+    q, k, v, o, lse = res
+    call = jax.ffi.ffi_call(BACKWARD_TARGET, (jax.ShapeDtypeStruct(q.shape, jnp.float32),
+                                              jax.ShapeDtypeStruct(k.shape, jnp.float32),
+                                              jax.ShapeDtypeStruct(v.shape, jnp.float32)),
+                            vmap_method="sequential")
+    return call(q, k, v, o, lse, do.astype(jnp.float32), **dict(attrs_key))
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+def cpu_flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False,
+                        mask: jax.Array | None = None, scale: float | None = None,
+                        block_q: int = DEFAULT_BLOCK_Q,
+                        block_k: int = DEFAULT_BLOCK_K) -> jax.Array:
+    """FlashAttention on the CPU, with the semantics of ``reference_attention``.
+
+    Args:
+      q: [B, T_q, N, H] float32; k, v: [B, T_k, K, H] float32 with N a multiple of K.
+      causal: bottom-right aligned causal mask; fully hidden key tiles are skipped.
+      mask: must be None (see :func:`cpu_flash_unusable_reason`).
+      scale: score scale, default 1 / sqrt(H).
+      block_q: query rows per tile (any positive int); block_k: keys per tile, a multiple of 64.
+    Returns:
+      [B, T_q, N, H] float32.
+    Raises:
+      ValueError (one line) when the kernel cannot run these inputs here.
+    """
+    reason = cpu_flash_unusable_reason(q, k, v, mask=mask)
+    if reason is not None:
+        raise ValueError(reason)
+    if q.ndim != 4 or k.shape != v.shape or k.ndim != 4 or k.shape[0] != q.shape[0] \
+            or k.shape[3] != q.shape[3]:
+        raise ValueError(f"attention kernel 'cpu_flash' needs q [B,Tq,N,H] and k, v [B,Tk,K,H], "
+                         f"got {q.shape}, {k.shape}, {v.shape}")
+    if q.shape[2] % k.shape[2]:
+        raise ValueError(f"query heads ({q.shape[2]}) must be a multiple of key/value heads "
+                         f"({k.shape[2]})")
+    if block_q < 1 or block_k < 64 or block_k % 64:
+        raise ValueError(f"attention kernel 'cpu_flash' needs block_q >= 1 and block_k a positive "
+                         f"multiple of 64, got block_q={block_q}, block_k={block_k}")
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    attrs = tuple(sorted(_attrs(scale, bool(causal), int(block_q), int(block_k)).items()))
+    return _flash(q, k, v, attrs)
