@@ -292,3 +292,24 @@ def test_nanogpt_peer_matches_nanogpt_shapes_and_trains():
     data = ng.batches(torch.arange(200) % c.vocab_size, c, 3)
     losses = [step(x, y) for x, y in data]
     assert all(0 < loss < 10 for loss in losses)  # ln(65) = 4.2 at init
+
+
+def test_lm_step_profile_breakdown_sums_op_kinds_and_skips_enclosing_events(tmp_path, capsys):
+    import gzip
+    import json
+
+    from benchmarks.lm_step import print_breakdown
+    events = [{"ph": "X", "name": "ynn_fusion.3", "dur": 3000},
+              {"ph": "X", "name": "ynn_fusion.7", "dur": 1000},
+              {"ph": "X", "name": "all-reduce.28", "dur": 2000},
+              {"ph": "X", "name": "Rendezvous", "dur": 1900},          # nested in the all-reduce
+              {"ph": "X", "name": "ThunkExecutor::Execute", "dur": 9000},
+              {"ph": "i", "name": "ynn_fusion.9", "dur": 5000}]         # not a duration event
+    path = tmp_path / "trace.json.gz"
+    with gzip.open(path, "wt") as f:
+        json.dump({"traceEvents": events}, f)
+    print_breakdown(str(path), steps=2)
+    lines = capsys.readouterr().out.splitlines()
+    rows = {ln.split()[0]: ln.split()[1:3] for ln in lines[2:4]}
+    assert rows == {"ynn_fusion": ["2.00", "1"], "all-reduce": ["1.00", "0"]}
+    assert lines[4].split()[:3] == ["all", "ops", "3.00"]

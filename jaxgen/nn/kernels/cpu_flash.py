@@ -38,10 +38,11 @@ from jaxgen.cache import cache_dir
 SOURCE = Path(__file__).with_name("cpu") / "flash_attention.cc"
 FORWARD_TARGET = "jaxgen_cpu_flash_forward"
 BACKWARD_TARGET = "jaxgen_cpu_flash_backward"
-# Tuned by `python -m benchmarks attention` on a 2-core Xeon (AVX-512) at B=4, N=8, T=2048-4096,
-# H=64: a 256 x 256 score tile (256 KiB) stays in L2 next to the packed K^T/V^T of one head.
+# Swept on a 2-core Xeon (AVX-512) at B=4, N=8, T=2048/4096, H=64, causal (block_q x block_k in
+# 128-512): 256 x 512 was the fastest forward by 7-9% over 256 x 256 and level on the backward; a
+# 512 KiB score tile per thread stays in L2 next to the packed K^T/V^T of one head.
 DEFAULT_BLOCK_Q = 256
-DEFAULT_BLOCK_K = 256
+DEFAULT_BLOCK_K = 512
 CXXFLAGS = ("-O3", "-std=c++17", "-march=native", "-fPIC", "-shared", "-fno-math-errno",
             "-Wno-attributes", "-Wno-return-type")
 
@@ -127,6 +128,26 @@ def cpu_flash_unusable_reason(q: jax.Array, k: jax.Array, v: jax.Array | None = 
         return f"attention kernel 'cpu_flash' needs a head dim that is a multiple of 16, got {q.shape[-1]}"
     ok, why = _load()
     return None if ok else why
+
+
+def scratch_bytes(q_shape: tuple[int, ...], k_shape: tuple[int, ...], *, backward: bool,
+                  block_q: int = DEFAULT_BLOCK_Q, block_k: int = DEFAULT_BLOCK_K,
+                  threads: int | None = None) -> int:
+    """Bytes the C++ kernel allocates outside XLA's buffers (so outside the compiled program's
+    memory analysis), at most, for q [B,Tq,N,H] and k [B,Tk,K,H]: per worker thread, the packed
+    K^T (and V^T) of one head, one score tile (two in the backward) and the running rows; the
+    backward also keeps dK and dV of one head in float32. ``threads`` defaults to the CPU count.
+    """
+    b, _, _, h = q_shape
+    t_k, kv = k_shape[1], k_shape[2]
+    pad = lambda n: -(-max(n, 1) // 64) * 64  # noqa: E731
+    tile = block_q * pad(block_k)
+    if backward:
+        floats = 2 * pad(t_k) * h + 2 * t_k * h + 2 * tile + block_q * h + block_q
+    else:
+        floats = pad(t_k) * h + tile + block_q * h + 2 * block_q
+    workers = min(threads or os.cpu_count() or 1, b * kv)
+    return 4 * floats * workers
 
 
 def _attrs(scale: float, causal: bool, block_q: int, block_k: int) -> dict:
