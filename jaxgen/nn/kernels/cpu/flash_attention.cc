@@ -226,25 +226,38 @@ void gemm_keys_tri(int64_t cols, int64_t rows, int64_t H, const float* A, int64_
 
 // Run body(i) for i in [0, items) on the caller and up to pool.num_threads() - 1 helpers.
 // Helpers that start after the work is gone touch only the shared counters, so the caller
-// waits only for helpers that are running an item.
+// waits only for helpers that are running an item. An exception in any item (std::bad_alloc for
+// a workspace) stops the remaining items and comes back as an error, never across the FFI.
 template <typename F>
-void parallel_for(ffi::ThreadPool& pool, int64_t items, const F& body) {
+ffi::Error parallel_for(ffi::ThreadPool& pool, int64_t items, const F& body) {
   struct State {
     std::atomic<int64_t> next{0};
     std::atomic<int64_t> active{0};
+    std::atomic<bool> failed{false};
   };
   auto state = std::make_shared<State>();
   const F* fn = &body;
+  auto drain = [items](State& st, const F* f) {  // f is dereferenced only for a claimed item
+    try {
+      for (int64_t i; (i = st.next.fetch_add(1)) < items;) (*f)(i);
+    } catch (...) {
+      st.failed.store(true);
+      st.next.store(items);
+    }
+  };
   const int64_t helpers = std::min<int64_t>(pool.num_threads(), items) - 1;
   for (int64_t h = 0; h < helpers; ++h) {
-    pool.Schedule([state, fn, items]() {
+    pool.Schedule([state, fn, drain]() {
       state->active.fetch_add(1);
-      for (int64_t i; (i = state->next.fetch_add(1)) < items;) (*fn)(i);
+      drain(*state, fn);
       state->active.fetch_sub(1);
     });
   }
-  for (int64_t i; (i = state->next.fetch_add(1)) < items;) body(i);
+  drain(*state, fn);
   while (state->active.load() != 0) std::this_thread::yield();
+  if (state->failed.load())
+    return ffi::Error::Internal("flash attention: a worker failed (out of memory for its workspace?)");
+  return ffi::Error::Success();
 }
 
 void forward_item(const Shape& s, const float* q, const float* k, const float* v, float* o,
@@ -370,10 +383,9 @@ ffi::Error forward_impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buff
   if (auto err = make_shape(q, k, scale, causal, block_q, block_k, &s); err.failure()) return err;
   const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data();
   float *op = o->typed_data(), *lp = lse->typed_data();
-  parallel_for(pool, s.B * s.KV, [&](int64_t i) {
+  return parallel_for(pool, s.B * s.KV, [&](int64_t i) {
     forward_item(s, qp, kp, vp, op, lp, i / s.KV, i % s.KV);
   });
-  return ffi::Error::Success();
 }
 
 ffi::Error backward_impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
@@ -387,10 +399,9 @@ ffi::Error backward_impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buf
   const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data();
   const float *op = o.typed_data(), *lp = lse.typed_data(), *dop = dout.typed_data();
   float *dqp = dq->typed_data(), *dkp = dk->typed_data(), *dvp = dv->typed_data();
-  parallel_for(pool, s.B * s.KV, [&](int64_t i) {
+  return parallel_for(pool, s.B * s.KV, [&](int64_t i) {
     backward_item(s, qp, kp, vp, op, lp, dop, dqp, dkp, dvp, i / s.KV, i % s.KV);
   });
-  return ffi::Error::Success();
 }
 
 }  // namespace
