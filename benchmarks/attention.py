@@ -142,7 +142,7 @@ def _prepare_kernel(kernel: str, c: Case, pass_name: str, args, mesh, quick: boo
     """-> (row fields, zero-arg timed call or None)."""
     interpret = kernel == "pallas" and jax.default_backend() != "gpu"
     fn = functools.partial(attention, causal=c.causal, kernel=kernel, interpret=interpret)
-    if kernel in ("pallas", "cpu_flash") and mesh.size > 1:  # opaque to the partitioner
+    if kernel == "pallas" and mesh.size > 1:  # opaque to the partitioner
         fn = shard_attention(fn, mesh, batch_axes="data")
     q, k, v, do = args
     try:

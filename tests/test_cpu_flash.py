@@ -58,12 +58,22 @@ def test_cpu_flash_matches_reference_in_values_and_gradients(case):
 
 
 @needs_kernel
-def test_cpu_flash_under_vmap_and_shard_map_on_8_devices():
+def test_cpu_flash_under_vmap_shard_map_and_sharded_heads_on_8_devices():
     q, k, v = (_random((4, 64, 4, 16), s) for s in range(3))
     want = reference_attention(q, k, v, causal=True)
     fn = functools.partial(cpu_flash_attention, causal=True, block_q=16, block_k=64)
     vmapped = jax.vmap(lambda q, k, v: fn(q[None], k[None], v[None])[0])(q, k, v)
     np.testing.assert_allclose(vmapped, want, atol=1e-5)
+    # vmap folds the mapped axis into the batch; unmapped k, v are broadcast; grads batch too
+    shared = jax.jit(jax.vmap(fn, in_axes=(0, None, None)))(q[:, None], k[:1], v[:1])[:, 0]
+    np.testing.assert_allclose(shared, reference_attention(q, jnp.repeat(k[:1], 4, 0),
+                                                           jnp.repeat(v[:1], 4, 0), causal=True),
+                               atol=1e-5)
+    per_example = jax.vmap(jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v) ** 2)))
+    reference = jax.vmap(jax.grad(lambda q, k, v: jnp.sum(
+        reference_attention(q, k, v, causal=True) ** 2)))
+    np.testing.assert_allclose(per_example(q[:, None], k[:, None], v[:, None]),
+                               reference(q[:, None], k[:, None], v[:, None]), atol=5e-5)
     mesh = jax.make_mesh((4, 2), ("data", "model"),
                          axis_types=(jax.sharding.AxisType.Auto,) * 2)
     sharding = NamedSharding(mesh, P("data", None, "model"))
@@ -72,6 +82,9 @@ def test_cpu_flash_under_vmap_and_shard_map_on_8_devices():
     got = jax.jit(sharded)(sq, sk, sv)
     assert got.sharding.spec == P("data", None, "model")
     np.testing.assert_allclose(got, want, atol=1e-5)
+    # without shard_map, heads sharded over "model" are gathered by the partitioning rule
+    plain = jax.jit(fn)(sq, sk, sv)
+    np.testing.assert_allclose(plain, want, atol=1e-5)
     grad = lambda f: jax.jit(jax.grad(lambda q, k, v: jnp.sum(f(q, k, v) ** 2), argnums=(0, 1, 2)))
     for name, g, w in zip("qkv", grad(sharded)(sq, sk, sv),
                           grad(functools.partial(reference_attention, causal=True))(q, k, v)):
@@ -122,13 +135,35 @@ def test_cpu_flash_library_is_built_once_per_source_and_cached(tmp_path, monkeyp
 
 
 @needs_kernel
-def test_auto_picks_cpu_flash_on_one_device_and_chunked_on_several(monkeypatch):
+def test_auto_picks_cpu_flash_for_long_float32_attention_without_a_mask():
     q = jax.ShapeDtypeStruct((1, 512, 2, 64), jnp.float32)
-    monkeypatch.setattr(jax, "device_count", lambda: 1)
     assert auto.choose_kernel(q, q, causal=True, mask=None, platform="cpu") == "cpu_flash"
     assert auto.choose_kernel(q, q, causal=True, mask=jnp.ones((1, 1, 512, 512), bool),
                               platform="cpu") == "chunked"
     bf16 = jax.ShapeDtypeStruct((1, 512, 2, 64), jnp.bfloat16)
     assert auto.choose_kernel(bf16, bf16, causal=True, mask=None, platform="cpu") == "chunked"
-    monkeypatch.setattr(jax, "device_count", lambda: 8)
-    assert auto.choose_kernel(q, q, causal=True, mask=None, platform="cpu") == "chunked"
+    short = jax.ShapeDtypeStruct((1, 64, 2, 64), jnp.float32)
+    assert auto.choose_kernel(short, short, causal=True, mask=None, platform="cpu") == "xla"
+
+
+COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "collective-permute", "reduce-scatter")
+
+
+@needs_kernel
+@pytest.mark.parametrize("backward", [False, True])
+def test_cpu_flash_keeps_a_sharded_batch_sharded_on_8_devices(backward):
+    """Its custom_partitioning rule: each device runs the kernel on its own examples."""
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    q, k, v = (_random((8, 64, 4, 16), s) for s in range(3))
+    fn = functools.partial(attention, causal=True, kernel="cpu_flash", block_q=16, block_k=64)
+    ref = functools.partial(reference_attention, causal=True)
+    if backward:
+        fn, ref = (jax.grad(lambda q, k, v, f=f: jnp.sum(f(q, k, v) ** 2), argnums=(0, 1, 2))
+                   for f in (fn, ref))
+    sharded = tuple(jax.device_put(x, NamedSharding(mesh, P("data"))) for x in (q, k, v))
+    compiled = jax.jit(fn).lower(*sharded).compile()
+    assert not [c for c in COLLECTIVES if c in compiled.as_text()]  # nothing is gathered
+    outs = compiled.output_shardings if backward else (compiled.output_shardings,)
+    assert all(o.spec == P("data") for o in outs)
+    for got, want in zip(jax.tree.leaves(compiled(*sharded)), jax.tree.leaves(ref(q, k, v))):
+        np.testing.assert_allclose(got, want, atol=5e-5)

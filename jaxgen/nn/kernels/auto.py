@@ -10,11 +10,9 @@ not measured here):
   lengthen TPU compiles). Logged once.
 - CPU: for causal attention with T_k >= CAUSAL_CHUNKED_MIN_T or any attention with
   T_q * T_k >= CHUNKED_MIN_SCORES, ``cpu_flash`` when it can run (float32, no mask, head dim a
-  multiple of 16, AVX-512 and a compiler, see :mod:`jaxgen.nn.kernels.cpu_flash`) and the
-  process has one device (the custom call is opaque to the SPMD partitioner, see
-  :func:`~jaxgen.nn.kernels.sharding.shard_attention`), else ``chunked``; both skip masked
-  blocks and keep score tiles in cache. ``xla`` for shorter sequences, where one fused dense
-  op wins.
+  multiple of 16, AVX-512 and a compiler, see :mod:`jaxgen.nn.kernels.cpu_flash`), else
+  ``chunked``; both skip masked blocks and keep score tiles in cache. ``xla`` for shorter
+  sequences, where one fused dense op wins.
 """
 from __future__ import annotations
 
@@ -82,8 +80,6 @@ def choose_kernel(q: jax.Array, k: jax.Array, *, causal: bool, mask: jax.Array |
     if platform != "cpu":  # TPU and others: XLA's own fused attention, not the CPU-tuned kernel
         return _fallback("xla", f"platform {platform} has no kernel tuned for it here")
     if (causal and t_k >= CAUSAL_CHUNKED_MIN_T) or t_q * t_k >= CHUNKED_MIN_SCORES:
-        reason = ("the process has several devices and the cpu_flash custom call would be "
-                  "gathered to each" if jax.device_count() > 1 else
-                  cpu_flash_unusable_reason(q, k, mask=mask, platform=platform))
+        reason = cpu_flash_unusable_reason(q, k, mask=mask, platform=platform)
         return "cpu_flash" if reason is None else _fallback("chunked", reason)
     return "xla"

@@ -14,8 +14,10 @@ a multiple of 16, no arbitrary mask, a CPU with AVX-512F, and a C++17 compiler (
 and cached under ``$JAXGEN_CACHE/kernels`` (see :mod:`jaxgen.cache`), keyed by the source, the
 compiler and the jaxlib version, so later processes only load it.
 
-The custom call is opaque to XLA's SPMD partitioner: under a sharded ``jit`` wrap it in
-:func:`~jaxgen.nn.kernels.sharding.shard_attention`, or each device computes every example.
+Under a sharded ``jit`` both custom calls carry ``custom_partitioning`` rules (Shardy sharding
+rules): a batch sharded over any mesh axes stays sharded, each device running the kernel on its
+own examples with no collective; time, heads and head dim are gathered whole (heads sharded
+over a mesh axis are gathered, then the result is resharded).
 """
 from __future__ import annotations
 
@@ -155,31 +157,97 @@ def _attrs(scale: float, causal: bool, block_q: int, block_k: int) -> dict:
                 block_k=np.int64(block_k))
 
 
-def _forward(q, k, v, attrs):
+def _forward_call(q, k, v, attrs_key):
+    """(q, k, v) -> (o [B,Tq,N,H], lse [B,N,Tq]) on whatever shard it is given."""
     b, t_q, n, _ = q.shape
     call = jax.ffi.ffi_call(FORWARD_TARGET, (jax.ShapeDtypeStruct(q.shape, jnp.float32),
                                              jax.ShapeDtypeStruct((b, n, t_q), jnp.float32)),
                             vmap_method="sequential")
-    return call(q, k, v, **attrs)
+    return call(q, k, v, **dict(attrs_key))
+
+
+def _backward_call(q, k, v, o, lse, do, attrs_key):
+    """-> (dq, dk, dv) on whatever shard it is given."""
+    call = jax.ffi.ffi_call(BACKWARD_TARGET, (jax.ShapeDtypeStruct(q.shape, jnp.float32),
+                                              jax.ShapeDtypeStruct(k.shape, jnp.float32),
+                                              jax.ShapeDtypeStruct(v.shape, jnp.float32)),
+                            vmap_method="sequential")
+    return call(q, k, v, o, lse, do, **dict(attrs_key))
+
+
+# The custom calls are opaque to XLA's SPMD partitioner; these rules tell it that examples are
+# independent: each device runs the kernel on its own batch shard, and every other dimension
+# (time, heads, head dim) is gathered whole (sharded heads would need whole GQA groups).
+def _batch_axes(sharding) -> object:
+    spec = getattr(sharding, "spec", None)
+    return spec[0] if spec else None
+
+
+def _shardings(mesh, batch, ranks: tuple[int, ...]):
+    from jax.sharding import NamedSharding, PartitionSpec
+    return tuple(NamedSharding(mesh, PartitionSpec(batch, *(None,) * (r - 1))) for r in ranks)
+
+
+def _partitioned(call, arg_ranks: tuple[int, ...], out_ranks: tuple[int, ...], rule: str):
+    from jax.experimental.custom_partitioning import custom_partitioning
+    wrapped = custom_partitioning(call, static_argnums=(len(arg_ranks),))
+
+    def infer(attrs_key, mesh, arg_shapes, result_shape):
+        return _shardings(mesh, _batch_axes(arg_shapes[0].sharding), out_ranks)
+
+    def partition(attrs_key, mesh, arg_shapes, result_shape):
+        batch = _batch_axes(arg_shapes[0].sharding)
+        lower = lambda *args: call(*args, attrs_key)  # noqa: E731  (per-shard shapes)
+        return (mesh, lower, _shardings(mesh, batch, out_ranks),
+                _shardings(mesh, batch, arg_ranks))
+
+    # every factor but the batch, in order of first appearance (the rule's factor order)
+    factors = tuple(dict.fromkeys(f for f in rule.replace(",", " ").replace("->", " ").split()
+                                  if f != "b"))
+    wrapped.def_partition(partition, infer_sharding_from_operands=infer, sharding_rule=rule,
+                          need_replication_factors=factors)
+    return wrapped
+
+
+_forward_sharded = _partitioned(_forward_call, (4, 4, 4), (4, 3),
+                                "b q n h, b k m h, b k m h -> b q n h, b n q")
+_backward_sharded = _partitioned(_backward_call, (4, 4, 4, 4, 3, 4), (4, 4, 4),
+                                 "b q n h, b k m h, b k m h, b q n h, b n q, b q n h "
+                                 "-> b q n h, b k m h, b k m h")
+
+
+@functools.cache
+def _folding(call, attrs_key):
+    """``call`` with these attributes, batched under ``jax.vmap`` by folding the mapped axis into
+    the batch axis (examples are independent, so a vmapped call is one call on a larger batch;
+    ``custom_partitioning`` has no batching rule of its own)."""
+    @jax.custom_batching.custom_vmap
+    def folded(*args):
+        return call(*args, attrs_key)
+
+    @folded.def_vmap
+    def rule(axis_size, in_batched, *args):
+        args = [x if batched else jnp.broadcast_to(x, (axis_size, *x.shape))
+                for x, batched in zip(args, in_batched)]
+        outs = folded(*(x.reshape(-1, *x.shape[2:]) for x in args))
+        return (tuple(o.reshape(axis_size, -1, *o.shape[1:]) for o in outs),
+                (True,) * len(outs))
+    return folded
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _flash(q, k, v, attrs_key):
-    return _forward(q, k, v, dict(attrs_key))[0]
+    return _folding(_forward_sharded, attrs_key)(q, k, v)[0]
 
 
 def _flash_fwd(q, k, v, attrs_key):
-    o, lse = _forward(q, k, v, dict(attrs_key))
+    o, lse = _folding(_forward_sharded, attrs_key)(q, k, v)
     return o, (q, k, v, o, lse)
 
 
 def _flash_bwd(attrs_key, res, do):
     q, k, v, o, lse = res
-    call = jax.ffi.ffi_call(BACKWARD_TARGET, (jax.ShapeDtypeStruct(q.shape, jnp.float32),
-                                              jax.ShapeDtypeStruct(k.shape, jnp.float32),
-                                              jax.ShapeDtypeStruct(v.shape, jnp.float32)),
-                            vmap_method="sequential")
-    return call(q, k, v, o, lse, do.astype(jnp.float32), **dict(attrs_key))
+    return _folding(_backward_sharded, attrs_key)(q, k, v, o, lse, do.astype(jnp.float32))
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
