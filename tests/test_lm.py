@@ -46,6 +46,27 @@ def test_kv_cache_logits_equal_full_forward(scan, positions):
     np.testing.assert_allclose(np.asarray(jnp.concatenate(steps, 1)), np.asarray(full), atol=1e-5)
 
 
+def test_a_maskless_kernel_trains_and_decodes_with_a_kv_cache():
+    """cpu_flash takes no mask: the full forward uses it, KV-cache decoding falls back to auto."""
+    from jaxgen.nn.kernels.cpu_flash import cpu_flash_unusable_reason
+    cfg = dataclasses.replace(TINY, d_model=64, attention_kernel="cpu_flash")  # head dim 16
+    probe = jax.ShapeDtypeStruct((1, 8, 1, 16), jnp.float32)
+    if (reason := cpu_flash_unusable_reason(probe, probe, probe)) is not None:
+        pytest.skip(reason)
+    model, params, tok = Transformer(cfg), _params(cfg), _tokens(2, 11)
+    full = jax.jit(model.apply)({"params": params}, tok)
+    ref_model = Transformer(dataclasses.replace(cfg, attention_kernel="reference"))
+    np.testing.assert_allclose(np.asarray(full),
+                               np.asarray(ref_model.apply({"params": params}, tok)), atol=1e-5)
+    cached = jax.jit(lambda p, t, c, i: model.apply({"params": p}, t, cache=c, cache_index=i))
+    logits, cache = cached(params, tok[:, :5], make_cache(cfg, 2, 12), jnp.int32(0))
+    steps = [logits]
+    for i in range(5, 11):
+        logits, cache = cached(params, tok[:, i:i + 1], cache, jnp.int32(i))
+        steps.append(logits)
+    np.testing.assert_allclose(np.asarray(jnp.concatenate(steps, 1)), np.asarray(full), atol=1e-5)
+
+
 def test_model_is_causal():
     apply, params, tok = jax.jit(Transformer(TINY).apply), _params(TINY), _tokens(2, 10)
     base = apply({"params": params}, tok)

@@ -60,7 +60,9 @@ class SelfAttention(nn.Module):
 
     Attributes:
       num_heads: N query heads. num_kv_heads: K key/value heads, N % K == 0.
-      head_dim: H. kernel: attention kernel name (see :data:`jaxgen.nn.kernels.KERNELS`).
+      head_dim: H. kernel: attention kernel name (see :data:`jaxgen.nn.kernels.KERNELS`); KV-cache
+        decoding, which needs a mask, uses ``auto`` when ``kernel`` takes none
+        (:data:`jaxgen.nn.kernels.MASKLESS_KERNELS`).
     """
 
     num_heads: int
@@ -93,7 +95,8 @@ class SelfAttention(nn.Module):
             start = (0, cache_index, 0, 0)
             new_cache = {"k": jax.lax.dynamic_update_slice(cache["k"], kk.astype(cache["k"].dtype), start),
                          "v": jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)}
+            decode = "auto" if self.kernel in kernels.MASKLESS_KERNELS else self.kernel
             o = kernels.attention(q, new_cache["k"].astype(q.dtype), new_cache["v"].astype(q.dtype),
-                                  causal=False, mask=mask, kernel=self.kernel)
+                                  causal=False, mask=mask, kernel=decode)
         o = o.reshape(b, t, n * h)
         return Linear(d, ("heads", "embed"), kernel_init=self.out_init, name="out", **kw)(o), new_cache

@@ -20,6 +20,9 @@ from jaxgen.nn.kernels.sharding import shard_attention
 from jaxgen.nn.kernels.xla import dot_product_attention
 
 KERNELS = ("auto", "reference", "xla", "cudnn", "chunked", "cpu_flash", "pallas")
+# Kernels that take no arbitrary mask (causal or none only): callers that need one, such as
+# KV-cache decoding, use ``auto`` instead.
+MASKLESS_KERNELS = ("cpu_flash", "pallas")
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False,
@@ -59,6 +62,6 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False,
                             interpret=interpret, **blocks)
 
 
-__all__ = ["KERNELS", "attention", "causal_mask", "choose_kernel", "chunked_attention",
-           "cpu_flash_attention",
-           "dot_product_attention", "pallas_attention", "reference_attention", "shard_attention"]
+__all__ = ["KERNELS", "MASKLESS_KERNELS", "attention", "causal_mask", "choose_kernel",
+           "chunked_attention", "cpu_flash_attention", "dot_product_attention", "pallas_attention",
+           "reference_attention", "shard_attention"]
