@@ -37,13 +37,20 @@ def test_kv_cache_logits_equal_full_forward(scan, positions):
     cfg = dataclasses.replace(TINY, scan_layers=scan, positions=positions)
     model, params, tok = Transformer(cfg), _params(cfg), _tokens(2, 11)
     full = jax.jit(model.apply)({"params": params}, tok)
+    np.testing.assert_allclose(_cached_logits(cfg, params, tok), np.asarray(full), atol=1e-5)
+
+
+def _cached_logits(cfg, params, tok, prompt=5):
+    """Logits of ``tok`` [B, T] from a prefill of ``prompt`` tokens, then one token at a time."""
+    model = Transformer(cfg)
     cached = jax.jit(lambda p, t, c, i: model.apply({"params": p}, t, cache=c, cache_index=i))
-    logits, cache = cached(params, tok[:, :5], make_cache(cfg, 2, 12), jnp.int32(0))
+    logits, cache = cached(params, tok[:, :prompt], make_cache(cfg, tok.shape[0], 12),
+                           jnp.int32(0))
     steps = [logits]
-    for i in range(5, 11):
+    for i in range(prompt, tok.shape[1]):
         logits, cache = cached(params, tok[:, i:i + 1], cache, jnp.int32(i))
         steps.append(logits)
-    np.testing.assert_allclose(np.asarray(jnp.concatenate(steps, 1)), np.asarray(full), atol=1e-5)
+    return np.asarray(jnp.concatenate(steps, 1))
 
 
 def test_a_maskless_kernel_trains_and_decodes_with_a_kv_cache():
@@ -58,13 +65,7 @@ def test_a_maskless_kernel_trains_and_decodes_with_a_kv_cache():
     ref_model = Transformer(dataclasses.replace(cfg, attention_kernel="reference"))
     np.testing.assert_allclose(np.asarray(full),
                                np.asarray(ref_model.apply({"params": params}, tok)), atol=1e-5)
-    cached = jax.jit(lambda p, t, c, i: model.apply({"params": p}, t, cache=c, cache_index=i))
-    logits, cache = cached(params, tok[:, :5], make_cache(cfg, 2, 12), jnp.int32(0))
-    steps = [logits]
-    for i in range(5, 11):
-        logits, cache = cached(params, tok[:, i:i + 1], cache, jnp.int32(i))
-        steps.append(logits)
-    np.testing.assert_allclose(np.asarray(jnp.concatenate(steps, 1)), np.asarray(full), atol=1e-5)
+    np.testing.assert_allclose(_cached_logits(cfg, params, tok), np.asarray(full), atol=1e-5)
 
 
 def test_model_is_causal():
