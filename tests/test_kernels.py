@@ -179,3 +179,15 @@ def test_auto_on_gpu_prefers_cudnn_and_logs_each_fallback_once(caplog):
 def test_kernel_names_are_public():
     assert set(kernels.KERNELS) == {"auto", "reference", "xla", "cudnn", "chunked", "cpu_flash",
                                     "pallas"}
+
+
+@pytest.mark.parametrize("kernel", ["reference", "xla", "chunked", "cpu_flash"])
+@pytest.mark.parametrize("k_shape,v_shape,message", [
+    ((1, 8, 2, 16), (1, 8, 2, 32), r"needs q \[B,Tq,N,H\] and k, v \[B,Tk,K,H\]"),
+    ((1, 8, 3, 16), (1, 8, 3, 16), r"query heads \(4\) must be a multiple of key/value heads \(3\)"),
+])
+def test_every_kernel_checks_qkv_shapes_in_one_line(kernel, k_shape, v_shape, message):
+    q = jnp.ones((1, 8, 4, 16))
+    with pytest.raises(ValueError, match=message) as e:
+        attention(q, jnp.ones(k_shape), jnp.ones(v_shape), kernel=kernel)
+    assert "\n" not in str(e.value)

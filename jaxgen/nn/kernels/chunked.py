@@ -33,7 +33,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxgen.nn.kernels.masks import mask_4d
+from jaxgen.nn.kernels.masks import check_qkv, mask_4d
 
 # Tuned on a 2-core Xeon (AVX-512) at B=4, N=8, T=2048, H=64 against torch SDPA
 # (see benchmarks/attention.py): 256 query rows x 512 keys keeps a score tile (512 KiB f32 per
@@ -348,10 +348,9 @@ def chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool 
     Memory: O(B * heads_per_step * N/K * block_q * block_k) for scores, forward and backward,
     plus the inputs, outputs and one per-step copy of a head.
     """
+    check_qkv(q, k, v)
     b, t_q, n, h = q.shape
     t_k, kv_heads = k.shape[1], k.shape[2]
-    if n % kv_heads:
-        raise ValueError(f"query heads ({n}) must be a multiple of key/value heads ({kv_heads})")
     if block_q < 1 or block_k < 1:
         raise ValueError(f"block sizes must be positive, got block_q={block_q}, block_k={block_k}")
     if heads_per_step == -1:

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgen.cache import cache_dir
+from jaxgen.nn.kernels.masks import check_qkv
 
 SOURCE = Path(__file__).with_name("cpu") / "flash_attention.cc"
 FORWARD_TARGET = "jaxgen_cpu_flash_forward"
@@ -161,8 +162,7 @@ def _forward_call(q, k, v, attrs_key):
     """(q, k, v) -> (o [B,Tq,N,H], lse [B,N,Tq]) on whatever shard it is given."""
     b, t_q, n, _ = q.shape
     call = jax.ffi.ffi_call(FORWARD_TARGET, (jax.ShapeDtypeStruct(q.shape, jnp.float32),
-                                             jax.ShapeDtypeStruct((b, n, t_q), jnp.float32)),
-                            vmap_method="sequential")
+                                             jax.ShapeDtypeStruct((b, n, t_q), jnp.float32)))
     return call(q, k, v, **dict(attrs_key))
 
 
@@ -170,8 +170,7 @@ def _backward_call(q, k, v, o, lse, do, attrs_key):
     """-> (dq, dk, dv) on whatever shard it is given."""
     call = jax.ffi.ffi_call(BACKWARD_TARGET, (jax.ShapeDtypeStruct(q.shape, jnp.float32),
                                               jax.ShapeDtypeStruct(k.shape, jnp.float32),
-                                              jax.ShapeDtypeStruct(v.shape, jnp.float32)),
-                            vmap_method="sequential")
+                                              jax.ShapeDtypeStruct(v.shape, jnp.float32)))
     return call(q, k, v, o, lse, do, **dict(attrs_key))
 
 
@@ -270,16 +269,10 @@ def cpu_flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: boo
     Raises:
       ValueError (one line) when the kernel cannot run these inputs here.
     """
+    check_qkv(q, k, v)
     reason = cpu_flash_unusable_reason(q, k, v, mask=mask)
     if reason is not None:
         raise ValueError(reason)
-    if q.ndim != 4 or k.shape != v.shape or k.ndim != 4 or k.shape[0] != q.shape[0] \
-            or k.shape[3] != q.shape[3]:
-        raise ValueError(f"attention kernel 'cpu_flash' needs q [B,Tq,N,H] and k, v [B,Tk,K,H], "
-                         f"got {q.shape}, {k.shape}, {v.shape}")
-    if q.shape[2] % k.shape[2]:
-        raise ValueError(f"query heads ({q.shape[2]}) must be a multiple of key/value heads "
-                         f"({k.shape[2]})")
     if block_q < 1 or block_k < 64 or block_k % 64:
         raise ValueError(f"attention kernel 'cpu_flash' needs block_q >= 1 and block_k a positive "
                          f"multiple of 64, got block_q={block_q}, block_k={block_k}")

@@ -1,4 +1,4 @@
-"""Validation of the optional attention mask shared by the kernels."""
+"""Validation shared by the kernels: the q/k/v shapes and the optional attention mask."""
 from __future__ import annotations
 
 import jax
@@ -18,3 +18,15 @@ def mask_4d(mask: jax.Array, b: int, n: int, t_q: int, t_k: int) -> jax.Array:
     if any(m not in (1, d) for m, d in zip(mask.shape, (b, n, t_q, t_k))):
         raise ValueError(f"mask shape {mask.shape} does not broadcast to {want}")
     return mask
+
+
+def check_qkv(q: jax.Array, k: jax.Array, v: jax.Array) -> None:
+    """Raise ValueError (one line) unless q is [B, T_q, N, H] and k, v are [B, T_k, K, H] with
+    N a multiple of K."""
+    if q.ndim != 4 or k.ndim != 4 or k.shape != v.shape or k.shape[0] != q.shape[0] \
+            or k.shape[3] != q.shape[3]:
+        raise ValueError(f"attention needs q [B,Tq,N,H] and k, v [B,Tk,K,H], got {q.shape}, "
+                         f"{k.shape}, {v.shape}")
+    n, kv_heads = q.shape[2], k.shape[2]
+    if n % kv_heads:
+        raise ValueError(f"query heads ({n}) must be a multiple of key/value heads ({kv_heads})")

@@ -14,6 +14,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from jaxgen.nn.kernels.masks import check_qkv
+
 DEFAULT_BLOCK_Q = 128
 DEFAULT_BLOCK_K = 128
 DEFAULT_BLOCK_BACKWARD = 32
@@ -80,10 +82,9 @@ def pallas_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool =
     reason = pallas_unusable_reason(q, k, mask=mask, interpret=interpret)
     if reason:
         raise ValueError(reason)
+    check_qkv(q, k, v)
     n, h = q.shape[2], q.shape[3]
     kv_heads = k.shape[2]
-    if n % kv_heads:
-        raise ValueError(f"query heads ({n}) must be a multiple of key/value heads ({kv_heads})")
     if kv_heads != n:
         k, v = jnp.repeat(k, n // kv_heads, axis=2), jnp.repeat(v, n // kv_heads, axis=2)
     t = q.shape[1]

@@ -7,6 +7,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxgen.nn.kernels.masks import check_qkv
+
 
 def causal_mask(t_q: int, t_k: int) -> jax.Array:
     """bool[t_q, t_k]; query i may see key j iff j <= i + (t_k - t_q) (bottom-right aligned)."""
@@ -27,10 +29,9 @@ def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: boo
     Returns:
       [B, T_q, N, H] in the dtype of ``q``. Rows with no visible key return zeros.
     """
+    check_qkv(q, k, v)
     b, t_q, n, h = q.shape
     kv_heads = k.shape[2]
-    if n % kv_heads:
-        raise ValueError(f"query heads ({n}) must be a multiple of key/value heads ({kv_heads})")
     scale = h ** -0.5 if scale is None else scale
     g = n // kv_heads
     qf = q.astype(jnp.float32).reshape(b, t_q, kv_heads, g, h)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxgen.nn.kernels.masks import mask_4d
+from jaxgen.nn.kernels.masks import check_qkv, mask_4d
 from jaxgen.nn.kernels.reference import causal_mask
 
 CUDNN_DTYPES = (jnp.float16, jnp.bfloat16)
@@ -49,10 +49,9 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: b
         reason = cudnn_unusable_reason(q, k)
         if reason:
             raise ValueError(reason)
+    check_qkv(q, k, v)
     b, t_q, n, h = q.shape
     t_k, kv_heads = k.shape[1], k.shape[2]
-    if n % kv_heads:
-        raise ValueError(f"query heads ({n}) must be a multiple of key/value heads ({kv_heads})")
     m4 = None if mask is None else mask_4d(mask, b, n, t_q, t_k)
     if m4 is not None:
         m4 = jnp.broadcast_to(m4, m4.shape[:2] + (t_q, t_k))
