@@ -159,6 +159,10 @@ struct Shape {
   int64_t ldq() const { return N * H; }
   int64_t ldk() const { return KV * H; }
   int64_t offset() const { return Tk - Tq; }
+  // element offsets of query row t of head n, key row t of kv head kvh, and lse[b, n, t]
+  int64_t q_at(int64_t b, int64_t t, int64_t n) const { return (b * Tq + t) * ldq() + n * H; }
+  int64_t k_at(int64_t b, int64_t t, int64_t kvh) const { return (b * Tk + t) * ldk() + kvh * H; }
+  int64_t lse_at(int64_t b, int64_t n, int64_t t) const { return (b * N + n) * Tq + t; }
   // keys [0, hi) are visible to some query of the block that ends at qe
   int64_t visible_end(int64_t qe) const { return causal ? std::clamp<int64_t>(qe + offset(), 0, Tk) : Tk; }
   // number of keys of tile [ks, ks+cols) that query row qi sees
@@ -263,15 +267,15 @@ ffi::Error parallel_for(ffi::ThreadPool& pool, int64_t items, const F& body) {
 void forward_item(const Shape& s, const float* q, const float* k, const float* v, float* o,
                   float* lse, int64_t b, int64_t kvh) {
   const int64_t H = s.H, ldq = s.ldq(), ldk = s.ldk(), ld_max = round_up(s.bk, kPanel);
-  const float* K = k + b * s.Tk * ldk + kvh * H;
-  const float* V = v + b * s.Tk * ldk + kvh * H;
+  const float* K = k + s.k_at(b, 0, kvh);
+  const float* V = v + s.k_at(b, 0, kvh);
   std::vector<float> kt(round_up(std::max<int64_t>(s.Tk, 1), kPanel) * H);
   pack_transposed(K, ldk, s.Tk, H, kt.data());
   std::vector<float> S(s.bq * ld_max), acc(s.bq * H), m(s.bq), l(s.bq);
   for (int64_t n = kvh * s.G(); n < (kvh + 1) * s.G(); ++n) {
     for (int64_t qs = 0; qs < s.Tq; qs += s.bq) {
       const int64_t qe = std::min(qs + s.bq, s.Tq), rows = qe - qs, hi = s.visible_end(qe);
-      const float* Q = q + (b * s.Tq + qs) * ldq + n * H;
+      const float* Q = q + s.q_at(b, qs, n);
       std::fill(m.begin(), m.end(), -INFINITY);
       std::fill(l.begin(), l.end(), 0.f);
       std::fill(acc.begin(), acc.end(), 0.f);
@@ -282,7 +286,7 @@ void forward_item(const Shape& s, const float* q, const float* k, const float* v
         times_panels(rows, H, Q, ldq, kt.data(), ks, ld, S.data(), s.scale, first);
         for (int64_t r = 0; r < rows; ++r) {
           float* sr = S.data() + r * ld;
-          const int64_t vis = s.row_visible(qs + r, ks, cols);
+          const int64_t vis = need(r);
           const float m_old = m[r], mx = vis ? row_max(sr, vis, m_old) : m_old;
           const float mu = std::isfinite(mx) ? mx : 0.f;
           const float sum = row_exp(sr, vis, cols, mu);
@@ -294,8 +298,8 @@ void forward_item(const Shape& s, const float* q, const float* k, const float* v
         }
         gemm_rows_tri(rows, H, S.data(), ld, V + ks * ldk, ldk, acc.data(), H, 1.f, need);
       }
-      float* O = o + (b * s.Tq + qs) * ldq + n * H;
-      float* L = lse + (b * s.N + n) * s.Tq + qs;
+      float* O = o + s.q_at(b, qs, n);
+      float* L = lse + s.lse_at(b, n, qs);
       for (int64_t r = 0; r < rows; ++r) {  // rows with no visible key: output 0, lse +inf
         const bool empty = l[r] == 0.f;
         const float inv = empty ? 0.f : 1.f / l[r];
@@ -310,8 +314,8 @@ void backward_item(const Shape& s, const float* q, const float* k, const float* 
                    const float* lse, const float* dout, float* dq, float* dk, float* dv,
                    int64_t b, int64_t kvh) {
   const int64_t H = s.H, ldq = s.ldq(), ldk = s.ldk(), ld_max = round_up(s.bk, kPanel);
-  const float* K = k + b * s.Tk * ldk + kvh * H;
-  const float* V = v + b * s.Tk * ldk + kvh * H;
+  const float* K = k + s.k_at(b, 0, kvh);
+  const float* V = v + s.k_at(b, 0, kvh);
   const int64_t padded = round_up(std::max<int64_t>(s.Tk, 1), kPanel);
   std::vector<float> kt(padded * H), vt(padded * H);
   pack_transposed(K, ldk, s.Tk, H, kt.data());
@@ -321,10 +325,10 @@ void backward_item(const Shape& s, const float* q, const float* k, const float* 
   for (int64_t n = kvh * s.G(); n < (kvh + 1) * s.G(); ++n) {
     for (int64_t qs = 0; qs < s.Tq; qs += s.bq) {
       const int64_t qe = std::min(qs + s.bq, s.Tq), rows = qe - qs, hi = s.visible_end(qe);
-      const float* Q = q + (b * s.Tq + qs) * ldq + n * H;
-      const float* O = o + (b * s.Tq + qs) * ldq + n * H;
-      const float* dO = dout + (b * s.Tq + qs) * ldq + n * H;
-      const float* L = lse + (b * s.N + n) * s.Tq + qs;
+      const float* Q = q + s.q_at(b, qs, n);
+      const float* O = o + s.q_at(b, qs, n);
+      const float* dO = dout + s.q_at(b, qs, n);
+      const float* L = lse + s.lse_at(b, n, qs);
       for (int64_t r = 0; r < rows; ++r) {
         float d = 0.f;
         for (int64_t h = 0; h < H; ++h) d += dO[r * ldq + h] * O[r * ldq + h];
@@ -348,13 +352,13 @@ void backward_item(const Shape& s, const float* q, const float* k, const float* 
         gemm_rows_tri(rows, H, dS.data(), ld, K + ks * ldk, ldk, dQ.data(), H, s.scale, need);
         gemm_keys_tri(cols, rows, H, dS.data(), ld, Q, ldq, dK.data() + ks * H, H, s.scale, first);
       }
-      float* dQo = dq + (b * s.Tq + qs) * ldq + n * H;
+      float* dQo = dq + s.q_at(b, qs, n);
       for (int64_t r = 0; r < rows; ++r)
         std::memcpy(dQo + r * ldq, dQ.data() + r * H, sizeof(float) * H);
     }
   }
-  float* dKo = dk + b * s.Tk * ldk + kvh * H;
-  float* dVo = dv + b * s.Tk * ldk + kvh * H;
+  float* dKo = dk + s.k_at(b, 0, kvh);
+  float* dVo = dv + s.k_at(b, 0, kvh);
   for (int64_t t = 0; t < s.Tk; ++t) {
     std::memcpy(dKo + t * ldk, dK.data() + t * H, sizeof(float) * H);
     std::memcpy(dVo + t * ldk, dV.data() + t * H, sizeof(float) * H);
