@@ -14,13 +14,13 @@ reference row, in one process (one CPU device, as ``python`` runs).
 from __future__ import annotations
 
 import argparse
-import time
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import peers
 from benchmarks.common import time_fn
 from jaxgen.nn.layers import GroupNorm
 from jaxgen.nn.unet import short_attention
@@ -52,23 +52,15 @@ def attention_rows(batch: int, repeats: int) -> list[tuple[str, float, float]]:
         err = float(jnp.max(jnp.abs(jitted(q, k, v) - want)))
         rows.append((f"attention [{b},{t},{n},{h}]: {name}",
                      _median_ms(jitted, q, k, v, repeats=repeats), err))
-    try:
-        import torch
-    except ImportError:
+    if peers.torch_unavailable_reason() is not None:
         return rows
-    tq, tk, tv = (torch.from_numpy(np.array(x)).permute(0, 2, 1, 3).contiguous()
-                  for x in (q, k, v))
-    sdpa = torch.nn.functional.scaled_dot_product_attention
-    with torch.inference_mode():
-        sdpa(tq, tk, tv)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            out = sdpa(tq, tk, tv)
-            times.append(time.perf_counter() - start)
-    err = float(np.max(np.abs(out.permute(0, 2, 1, 3).numpy() - np.asarray(want))))
+    import torch
+    host = [np.asarray(x) for x in (q, k, v)]
+    call, results = peers.torch_sdpa(*host, host[0], causal=False, dtype_name="float32",
+                                     backward=False)
+    err = float(np.max(np.abs(results()[0] - np.asarray(want))))
     rows.append((f"attention [{b},{t},{n},{h}]: torch SDPA ({torch.get_num_threads()} threads)",
-                 float(np.median(times) * 1e3), err))
+                 _median_ms(call, repeats=repeats), err))
     return rows
 
 
