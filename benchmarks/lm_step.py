@@ -96,7 +96,7 @@ def print_breakdown(trace_path: str, steps: int, top: int = 15) -> None:
     print(f"per step, summed over devices ({steps} steps traced):")
     print(f"{'op':<32} {'ms':>8} {'calls':>7}")
     for kind, us in total.most_common(top):
-        print(f"{kind[:32]:<32} {us / steps / 1e3:8.2f} {count[kind] / steps:7.0f}")
+        print(f"{kind[:32]:<32} {us / steps / 1e3:8.2f} {count[kind] / steps:7.1f}")
     print(f"{'all ops':<32} {sum(total.values()) / steps / 1e3:8.2f}  (a device may run "
           "independent ops at once, so this can exceed devices x step time)")
 

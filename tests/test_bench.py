@@ -311,5 +311,5 @@ def test_lm_step_profile_breakdown_sums_op_kinds_and_skips_enclosing_events(tmp_
     print_breakdown(str(path), steps=2)
     lines = capsys.readouterr().out.splitlines()
     rows = {ln.split()[0]: ln.split()[1:3] for ln in lines[2:4]}
-    assert rows == {"ynn_fusion": ["2.00", "1"], "all-reduce": ["1.00", "0"]}
+    assert rows == {"ynn_fusion": ["2.00", "1.0"], "all-reduce": ["1.00", "0.5"]}
     assert lines[4].split()[:3] == ["all", "ops", "3.00"]
