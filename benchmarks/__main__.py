@@ -45,7 +45,10 @@ def parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
     a.add_argument("--grid", help=f"one of {', '.join(attention_grid.GRIDS)} "
                    "(default: quick with --quick, else default)")
     a.add_argument("--kernels", help="comma-separated subset of reference,xla,chunked,cudnn,"
-                   "pallas (default: all; those that cannot run here are listed as skipped)")
+                   "cpu_flash,pallas (default: all; those that cannot run here are listed as "
+                   "skipped)")
+    a.add_argument("--blocks", metavar="BQ,BK", help="tile sizes (block_q, block_k) for the "
+                   "tiled kernels chunked, cpu_flash and pallas (default: each kernel's own)")
     a.add_argument("--repeats", type=int, help="timed calls per figure (default 5; 3 quick)")
     a.add_argument("--shapes", help="instead of a grid: ';'-separated B,N,T,H")
     a.add_argument("--causal", choices=sorted(CAUSAL_MODES), default="both",
@@ -91,6 +94,14 @@ def attention_options(args: argparse.Namespace) -> dict:
         opts["repeats"] = args.repeats
     if args.shapes:
         opts["cases"] = parse_shapes(args.shapes, args.causal, args.dtype)
+    if args.blocks:
+        try:
+            blocks = tuple(int(x) for x in args.blocks.split(","))
+        except ValueError:
+            blocks = ()
+        if len(blocks) != 2 or min(blocks) < 1:
+            raise UsageError(f"--blocks takes two positive ints BQ,BK, got {args.blocks!r}")
+        opts["blocks"] = blocks
     return opts
 
 

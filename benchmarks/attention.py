@@ -46,6 +46,7 @@ BENCH_KERNELS = tuple(k for k in KERNELS if k != "auto")
 MIB = 2 ** 20
 TARGET_MAX_T = 4096  # headline rows up to this length are always timed (the performance target)
 TARGET_KERNELS = ("chunked", "cpu_flash", "pallas", "cudnn", peers.PEER_NAME)
+TILED_KERNELS = ("chunked", "cpu_flash", "pallas")  # those --blocks applies to
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +58,7 @@ class Options:
     group_budget_s: float = 20.0  # fewer repeats (>= 3) when a shape's calls take longer
     cases: tuple[Case, ...] | None = None  # overrides the grid
     reference_max_t: int | None = 1024  # the O(T^2)-memory reference is not run beyond this
+    blocks: tuple[int, int] | None = None  # (block_q, block_k) for the tiled kernels
 
 
 def _devices_for(batch: int) -> int:
@@ -141,7 +143,9 @@ def _prepare_kernel(kernel: str, c: Case, pass_name: str, args, mesh, quick: boo
                     estimate_s: float | None = None):
     """-> (row fields, zero-arg timed call or None)."""
     interpret = kernel == "pallas" and jax.default_backend() != "gpu"
-    fn = functools.partial(attention, causal=c.causal, kernel=kernel, interpret=interpret)
+    tiles = (dict(zip(("block_q", "block_k"), opts.blocks))
+             if opts.blocks and kernel in TILED_KERNELS else {})
+    fn = functools.partial(attention, causal=c.causal, kernel=kernel, interpret=interpret, **tiles)
     if kernel == "pallas" and mesh.size > 1:  # opaque to the partitioner
         fn = shard_attention(fn, mesh, batch_axes="data")
     q, k, v, do = args
@@ -151,7 +155,8 @@ def _prepare_kernel(kernel: str, c: Case, pass_name: str, args, mesh, quick: boo
         compile_s = _now() - start
         mem = memory_figures(compiled)
         if kernel == "cpu_flash" and mem["total"] is not None:  # its C++ workspace, outside XLA's
-            extra = cpu_flash_scratch_bytes(q.shape, k.shape, backward=pass_name == "fwd_bwd")
+            extra = cpu_flash_scratch_bytes(q.shape, k.shape, backward=pass_name == "fwd_bwd",
+                                            **tiles)
             mem = {**mem, "temp": mem["temp"] + extra, "total": mem["total"] + extra}
         budget = _memory_budget()
         if mem["total"] is not None and mem["total"] * mesh.size > budget:
@@ -337,10 +342,11 @@ def plot_spec(rows: list[dict]) -> dict:
 
 
 def run(quick: bool, grid_name: str | None = None, kernels: tuple[str, ...] | None = None,
-        repeats: int | None = None, cases: tuple[Case, ...] | None = None) -> dict:
+        repeats: int | None = None, cases: tuple[Case, ...] | None = None,
+        blocks: tuple[int, int] | None = None) -> dict:
     """The benchmark (contract of :mod:`benchmarks.suite`): rows, table columns, plot, notes."""
     opts = Options(grid=grid_name or ("quick" if quick else "default"), kernels=kernels,
-                   repeats=repeats or (3 if quick else 5), cases=cases)
+                   repeats=repeats or (3 if quick else 5), cases=cases, blocks=blocks)
     if opts.grid == "full":
         opts = dataclasses.replace(opts, call_limit_s=None, group_budget_s=120.0,
                                    reference_max_t=None)

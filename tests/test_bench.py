@@ -83,6 +83,7 @@ def test_all_quick_runs_every_benchmark_or_says_why_not(tmp_path):
     (["attention", "--grid", "huge"], "unknown grid 'huge'"),
     (["attention", "--shapes", "4,8,x,64"], "bad shape '4,8,x,64'"),
     (["denoise", "--cpu-devices", "-1"], "--cpu-devices must be >= 0, got -1"),
+    (["attention", "--blocks", "256"], "--blocks takes two positive ints BQ,BK, got '256'"),
 ])
 def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
     assert bench_main(argv) == 2
@@ -201,6 +202,26 @@ def test_a_shape_a_kernel_cannot_take_is_a_skipped_row(monkeypatch):
     by = {r["kernel"]: r for r in rows}
     assert by["chunked"]["skipped"] == "attention kernel 'chunked' cannot take this shape"
     assert by["xla"]["median_ms"] > 0 and by["xla"]["max_err"] < 1e-4
+
+
+def test_blocks_reach_the_tiled_kernels_only():
+    """--blocks 16,32: chunked runs with them, cpu_flash refuses a block_k that is not a multiple
+    of 64 (a skipped row, so the tiles did reach it), xla ignores them."""
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks import attention
+    from jaxgen.nn.kernels.cpu_flash import cpu_flash_unusable_reason
+    rows = attention.bench_case(_tiny_case(), "fwd", ("chunked", "cpu_flash", "xla"), True,
+                                attention.Options(repeats=1, blocks=(16, 32)), {"float32": 1.0})
+    by = {r["kernel"]: r for r in rows}
+    assert by["chunked"]["median_ms"] > 0 and by["chunked"]["max_err"] < 1e-5
+    assert by["xla"]["median_ms"] > 0
+    probe = jax.ShapeDtypeStruct((2, 32, 2, 16), jnp.float32)
+    unavailable = cpu_flash_unusable_reason(probe, probe, probe)
+    assert by["cpu_flash"]["skipped"] == (
+        unavailable or "attention kernel 'cpu_flash' needs block_q >= 1 and block_k a positive "
+                       "multiple of 64, got block_q=16, block_k=32")
 
 
 def _timed_rows(section, key):

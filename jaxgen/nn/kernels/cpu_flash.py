@@ -41,9 +41,11 @@ from jaxgen.nn.kernels.masks import check_qkv
 SOURCE = Path(__file__).with_name("cpu") / "flash_attention.cc"
 FORWARD_TARGET = "jaxgen_cpu_flash_forward"
 BACKWARD_TARGET = "jaxgen_cpu_flash_backward"
-# Swept on a 2-core Xeon (AVX-512) at B=4, N=8, T=2048/4096, H=64, causal (block_q x block_k in
-# 128-512): 256 x 512 was the fastest forward by 7-9% over 256 x 256 and level on the backward; a
-# 512 KiB score tile per thread stays in L2 next to the packed K^T/V^T of one head.
+# Swept on a 2-core Xeon (AVX-512) with `python -m benchmarks attention --shapes
+# "4,8,2048,64;4,8,4096,64" --causal yes --kernels cpu_flash --blocks BQ,BK`: torch/cpu_flash time
+# (T=2048 fwd, fwd+bwd; T=4096 fwd, fwd+bwd) 256x512: 1.14 1.17 1.13 1.08; 256x256: 1.15 1.18 1.08
+# 1.13 (level within the run-to-run noise); 128x256: 1.04 1.19 1.10 1.09; 512x512: 1.13 1.09 1.10
+# 1.03. A 256 x 512 score tile (512 KiB per thread) stays in L2 next to one head's packed K^T/V^T.
 DEFAULT_BLOCK_Q = 256
 DEFAULT_BLOCK_K = 512
 CXXFLAGS = ("-O3", "-std=c++17", "-march=native", "-fPIC", "-shared", "-fno-math-errno",
