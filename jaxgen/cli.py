@@ -1,11 +1,15 @@
 """The ``jaxgen`` command: train, sample and evaluate the experiments in ``experiments/``.
 
-Exit statuses: 0 done; 2 a mistake the user can fix (an unknown experiment or config key, a
-value of the wrong type, a missing dataset, a workdir of another experiment, a config change a
-checkpoint cannot take), one line on stderr; 1 the run cannot go on (every checkpoint damaged, a
-non-finite loss), one line, or a bug, with its traceback; 75 (EX_TEMPFAIL) a run stopped by
-SIGTERM or Ctrl-C after saving its current step: run the same command again to resume (a
-scheduler should requeue it); 130 interrupted before anything could be saved.
+Exit statuses: 0 done (also: a run already trained to ``train.steps``, which says so); 2 a
+mistake the user can fix (an unknown experiment or config key, a value of the wrong type, a
+missing dataset, a workdir of another experiment or in use by another run, a path that cannot
+be written, a config change a checkpoint cannot take), one line on stderr; 1 the run cannot go
+on (every checkpoint damaged, a non-finite loss), one line, or a bug, with its traceback.
+Signals (see :mod:`jaxgen.signals`): ``jaxgen train`` exits 75 (EX_TEMPFAIL) after SIGTERM at
+any moment and after a SIGINT (Ctrl-C) that made it save its current step: run the same
+command again to resume (a scheduler should requeue it); 130 after a SIGINT when there was
+nothing to save (start-up, compilation, or the final evaluation once the last step is saved).
+Other commands exit 130 on SIGINT and 143 on SIGTERM, having written nothing.
 Set ``JAXGEN_DEBUG=1`` to see the traceback of a one-line error.
 """
 from __future__ import annotations
@@ -197,11 +201,12 @@ def cmd_train(args) -> int:
     host.configure_cpu_host(config, distributed=_distributed(args))
     _init_distributed(args)
     try:
-        loop.train(config, workdir, family=models.make_family, progress=not args.no_progress)
+        state = loop.train(config, workdir, family=models.make_family,
+                           progress=not args.no_progress)
     except loop.Preempted as e:
         print(f"jaxgen train: {e}", file=sys.stderr)
         return loop.PREEMPTED_EXIT_STATUS
-    print(f"trained {config.experiment} to step {config.train.steps} in {workdir}")
+    print(f"trained {config.experiment} to step {int(state.step)} in {workdir}")
     return 0
 
 
@@ -222,9 +227,10 @@ def _restored_run(args, need_data: bool = True):
 
 
 def _write_json(path: str, results: dict) -> None:
+    from jaxgen.train.workdir import write_json
+
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
+    write_json(path, results)
 
 
 def cmd_eval(args) -> int:
@@ -348,5 +354,33 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _signal_status(command: str, name: str) -> int:
+    if command == "train":
+        return 130 if name == "SIGINT" else PREEMPTED_EXIT_STATUS
+    return 130 if name == "SIGINT" else 143
+
+
+def _signal_message(command: str, name: str) -> str:
+    if command == "train":
+        return (f"jaxgen train: {name} received: stopped; the workdir holds every step saved so "
+                "far and nothing was half-written: run the same command again to resume")
+    return f"jaxgen {command}: {name} received: stopped; nothing was written"
+
+
+def console_main(argv: list[str] | None = None) -> int:
+    """The ``jaxgen`` program: :func:`main` with the signal handling of a command-line process
+    (:func:`jaxgen.signals.install_immediate`); ``main`` alone is what tests call in-process."""
+    from jaxgen import signals
+
+    args = sys.argv[1:] if argv is None else argv
+    command = next((a for a in args if not a.startswith("-")), "jaxgen")
+    signals.install_immediate(lambda name: _signal_status(command, name),
+                              lambda name: _signal_message(command, name))
+    return main(args)
+
+
+PREEMPTED_EXIT_STATUS = 75  # EX_TEMPFAIL: jaxgen.train.loop.PREEMPTED_EXIT_STATUS
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())

@@ -40,8 +40,8 @@ class CharTokenizer:
         return "".join(self.chars[i] for i in ids)
 
     def save(self, path: str) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump({"type": "char", "chars": self.chars}, f)
+        from jaxgen.train.workdir import write_atomic
+        write_atomic(path, json.dumps({"type": "char", "chars": self.chars}))
 
 
 class ByteTokenizer:
@@ -86,7 +86,8 @@ class BPETokenizer:
         return cls(Tokenizer.from_file(path))
 
     def save(self, path: str) -> None:
-        self._tok.save(path)
+        from jaxgen.train.workdir import write_atomic
+        write_atomic(path, self._tok.to_str())
 
     def encode(self, text: str) -> np.ndarray:
         return np.asarray(self._tok.encode(text).ids, np.int32)

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Optional
 import jax
 import numpy as np
 
+from jaxgen import signals
 from jaxgen.errors import UsageError
 from jaxgen.train import mesh as mesh_lib
 
@@ -33,6 +34,7 @@ def data_metrics(run: Any, state: Any, batches: Optional[Iterable[dict]] = None)
         return {}
     totals: dict[str, float] = {}
     for batch in (run.datasets.make_eval() if batches is None else batches):
+        signals.check()  # a deferred SIGTERM/SIGINT stops between batches
         sums = jax.device_get(run.eval_step(state, mesh_lib.global_batch(batch, run.batch_sharding)))
         for k, v in sums.items():
             totals[k] = totals.get(k, 0.0) + float(np.asarray(v, np.float64))
@@ -69,6 +71,7 @@ def draw_samples(run: Any, state: Any, rng: jax.Array, num: int, options: Any = 
     chunk = num if batch <= 0 else min(batch, num)
     out, i = [], 0
     while i * chunk < num:
+        signals.check()
         n = min(chunk, num - i * chunk)
         key = rng if chunk == num else jax.random.fold_in(rng, i)
         out.append(_to_host(run.sampler(n)(state, key, n, options)))

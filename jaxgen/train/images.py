@@ -31,6 +31,12 @@ def save_image_grid(images: np.ndarray, path: str, ncols: int | None = None) -> 
     grid = image_grid(images, ncols)
     if grid.shape[-1] == 1:
         grid = grid[..., 0]
+    import io
+
+    from jaxgen.train.workdir import write_atomic
+
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(grid).save(path)
+    png = io.BytesIO()
+    Image.fromarray(grid).save(png, format="PNG")
+    write_atomic(path, png.getvalue())  # never a half-written grid
     return path

@@ -20,9 +20,10 @@ class MetricWriter:
     Every line of the JSONL file is ``{"step": int, "split": str, name: float, ...}``. Writers on
     processes other than 0 do nothing, so multi-host runs log once.
 
-    A run resumed from step ``resume_step`` first drops the JSONL rows past that step (they came
-    from the part of the interrupted run that is trained again) and tells TensorBoard to purge
-    its events past that step, so neither holds two values for one step.
+    A run started or resumed at step ``resume_step`` first drops the JSONL rows past that step
+    (they came from the part of an interrupted run that is trained again, also one killed
+    before its first checkpoint) and tells TensorBoard to purge its events past that step, so
+    neither holds two values for one step.
     """
 
     def __init__(self, workdir: str, enabled: bool | None = None, resume_step: int = 0):
@@ -32,12 +33,11 @@ class MetricWriter:
         if self.enabled:
             os.makedirs(workdir, exist_ok=True)
             path = os.path.join(workdir, "metrics.jsonl")
-            if resume_step > 0:
-                _truncate_jsonl(path, resume_step)
+            _truncate_jsonl(path, resume_step)  # rows a killed run logged past its checkpoint
             self._jsonl = open(path, "a", encoding="utf-8")
             from tensorboardX import SummaryWriter  # imported lazily: heavy-ish
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
-                                     purge_step=resume_step + 1 if resume_step > 0 else None)
+                                     purge_step=resume_step + 1)
 
     def write(self, step: int, metrics: Mapping[str, Any], split: str = "train") -> None:
         if not self.enabled:

@@ -27,12 +27,14 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxgen import data as data_lib
+from jaxgen import signals
 from jaxgen.errors import RunError, UsageError
 from jaxgen.models.base import Family
 from jaxgen.train import mesh as mesh_lib
 from jaxgen.train.checkpoint import Checkpointer
 from jaxgen.train.evaluate import evaluate, write_samples  # noqa: F401  (re-exported)
 from jaxgen.train.logging import MetricWriter
+from jaxgen.train.workdir import RunLock, write_json
 
 log = logging.getLogger("jaxgen")
 
@@ -179,13 +181,8 @@ DATA_INFO_FILE = "data_info.json"  # what sampling needs to know of the data, wi
 
 def _write_json(workdir: str, name: str, obj: Any) -> None:
     """Writes workdir/name atomically (process 0)."""
-    if jax.process_index() != 0:
-        return
-    os.makedirs(workdir, exist_ok=True)
-    tmp = os.path.join(workdir, f".{name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, os.path.join(workdir, name))
+    if jax.process_index() == 0:
+        write_json(os.path.join(workdir, name), obj)
 
 
 def _write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -206,47 +203,28 @@ def datasets_for_sampling(workdir: str, config: ml_collections.ConfigDict) -> An
 
 
 # ----------------------------------------------------------------------------- train
-class _StopSignal:
-    """SIGTERM (preemption) and SIGINT (Ctrl-C): finish the current step, save, exit.
+def _stop_requested(step: int) -> Optional[str]:
+    """The signal that asks the loop to stop after ``step``, or None.
 
-    Single process: Python handlers set a flag (a second signal during the save only sets it
-    again; Orbax writes into a temporary directory and renames it, so nothing is corrupted).
+    Single process: SIGTERM and SIGINT recorded by :func:`jaxgen.signals.deferred`.
     Multi-host: SIGTERM is left to JAX's preemption notifier (its handler is not replaced) and
     every process stops at the step JAX's preemption sync point agrees on.
     """
+    if signals.received() is not None:
+        return signals.received()
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        try:
+            if multihost_utils.reached_preemption_sync_point(step):
+                return "SIGTERM"
+        except RuntimeError:  # preemption service not enabled
+            return None
+    return None
 
-    def __init__(self):
-        self.received: Optional[str] = None
-        self._previous: dict = {}
 
-    def __enter__(self):
-        signals = [signal.SIGINT] + ([signal.SIGTERM] if jax.process_count() == 1 else [])
-        for sig in signals:
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        self.received = signal.Signals(signum).name
-
-    def should_stop(self, step: int) -> bool:
-        if self.received is not None:
-            return True
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-            try:
-                if multihost_utils.reached_preemption_sync_point(step):
-                    self.received = "SIGTERM"
-                    return True
-            except RuntimeError:  # preemption service not enabled
-                return False
-        return False
-
-    def __exit__(self, *exc):
-        for sig, prev in self._previous.items():
-            signal.signal(sig, prev)
+def _deferred_signals():
+    """The signals the step loop defers (see :mod:`jaxgen.signals`)."""
+    return signals.deferred(signals.SIGNALS if jax.process_count() == 1 else (signal.SIGINT,))
 
 
 def _log_step(writer, bar, step, metrics, t_last, step_last, batch_size, extra):
@@ -284,19 +262,36 @@ def _log_sample_images(run: Run, writer: MetricWriter, files: list[str], step: i
             writer.write_image(step, "samples", f)
 
 
+def _compile_step(run: Run, state: Any, batch: dict) -> Callable:
+    """The train step compiled ahead of time for these shardings (before the loop starts, so
+    a signal during compilation meets nothing to save)."""
+    t0 = time.perf_counter()
+    log.info("compiling the train step")
+    compiled = run.train_step.lower(state, batch).compile()
+    log.info("compiled the train step in %.1f s", time.perf_counter() - t0)
+    return compiled
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, *, family: Family | FamilyFactory,
           devices: Optional[list] = None, datasets: Any = None,
           interrupt_at: Optional[int] = None, progress: bool = True) -> Any:
     """Trains (or resumes) the experiment ``config`` in ``workdir``; returns the final state.
 
     ``family`` is a :class:`Family` or a factory ``(config, data_info) -> Family`` (the CLI
-    passes the registry, :func:`jaxgen.models.make_family`).
+    passes the registry, :func:`jaxgen.models.make_family`). The workdir is locked for the
+    run (:class:`jaxgen.train.workdir.RunLock`): a second run on it is refused.
 
     Raises:
       Preempted: SIGTERM or SIGINT stopped the run; the current step was saved.
       NonFiniteLoss: ``train.nonfinite="stop"`` and a step was not finite (state saved).
       StateMismatch / RunError: the workdir's checkpoints cannot be resumed (nothing written).
+      UsageError: the workdir is in use by another run, or cannot be written.
     """
+    with RunLock(workdir):
+        return _train_locked(config, workdir, family, devices, datasets, interrupt_at, progress)
+
+
+def _train_locked(config, workdir, family, devices, datasets, interrupt_at, progress):
     # --- set-up: workdir, mesh, data, family, compiled steps
     timings = {"start": time.perf_counter()}
     check_workdir(workdir, config)
@@ -307,6 +302,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, family: Family | F
     nonfinite = str(tc.get("nonfinite", "stop"))
     if nonfinite not in ("skip", "stop"):
         raise UsageError(f"train.nonfinite must be 'skip' or 'stop', got {nonfinite!r}")
+    log.info("building %s", config.experiment or config.family)
     run = build(config, devices, datasets, family=family)
     train_iter = run.datasets.train
     cfg_dict = config_to_dict(config)
@@ -325,79 +321,99 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, family: Family | F
         log.info("resumed %s from step %d", workdir, start)
     else:
         start, state = 0, init_state(run, next(iter(run.datasets.make_eval())))
+    if start >= total:
+        ckpt.close()
+        log.info("%s is already trained to step %d (train.steps=%d): nothing to do", workdir,
+                 start, total)
+        return state
     _write_config(workdir, config)
     _write_json(workdir, DATA_INFO_FILE, data_lib.saved_info(run.datasets.info))
+    first_batch = mesh_lib.global_batch(next(train_iter), run.batch_sharding)
+    step_fn = _compile_step(run, state, first_batch)
     writer = MetricWriter(workdir, resume_step=start)
     bar = tqdm(total=total, initial=min(start, total), disable=not progress or jax.process_index() != 0,
                desc=config.experiment or config.family, mininterval=1.0, dynamic_ncols=True)
     batch_size = int(config.data.batch_size)
 
-    # --- the loop: metrics of step n are read after step n+1 is dispatched (no device stall)
+    # --- the loop: metrics of step n are read after step n+1 is dispatched (no device stall).
+    # Signals are deferred here: the loop stops at a step boundary (or between the batches of
+    # a periodic evaluation), saves that step and raises Preempted.
     pending = None       # (step, metrics) of the last step, read one step late
     skipped = 0          # non-finite steps whose update was skipped
     timings["loop"] = t_last = time.perf_counter()
+    log.info("training from step %d to %d", start, total)
     step_last = start
     step = start
     try:
-        with _StopSignal() as stop:
-            while step < total:
-                batch = mesh_lib.global_batch(next(train_iter), run.batch_sharding)
-                state, metrics = run.train_step(state, batch)
-                step += 1
-                bar.update(1)
-                if pending is not None:
-                    p_step, p_metrics, p_log = pending
-                    if _nonfinite(p_metrics):
-                        skipped += 1
-                        if nonfinite == "stop":
-                            ckpt.save(step, state, train_iter, cfg_dict, force=True)
-                            raise NonFiniteLoss(
-                                f"the loss or gradients of step {p_step} were not finite (NaN or "
-                                f"Inf); its update was skipped and the last finite state was saved "
-                                f"at step {step}. Lower optim.lr, or set train.nonfinite=skip")
-                        log.warning("step %d: non-finite loss or gradients, update skipped "
-                                    "(%d so far)", p_step, skipped)
-                    if p_log:
-                        t_last, step_last = _log_step(writer, bar, p_step, p_metrics, t_last,
-                                                      step_last, batch_size, {"skipped_steps": skipped})
-                pending = (step, metrics, step % int(tc.log_every) == 0 or step == total)
-                if tc.eval_every and step % int(tc.eval_every) == 0 and step != total:
-                    _periodic_eval(run, writer, state, step)
-                if tc.sample_every and step % int(tc.sample_every) == 0 and step != total:
-                    _log_sample_images(run, writer, write_samples(
-                        run, state, jax.random.PRNGKey(step), int(tc.num_samples),
-                        _sample_path(run, workdir, step)), step)
-                preempted = stop.should_stop(step)
-                if step % int(tc.ckpt_every) == 0 or step == total or preempted:
-                    ckpt.save(step, state, train_iter, cfg_dict, force=True)
-                if interrupt_at is not None and step >= interrupt_at:
-                    raise Interrupted(f"interrupted at step {step}")
-                if preempted:
-                    ckpt.wait()
-                    raise Preempted(step, stop.received or "SIGTERM", state)
-        if pending is not None:
-            p_step, p_metrics, p_log = pending
-            if _nonfinite(p_metrics):
-                skipped += 1
-                if nonfinite == "stop":
-                    raise NonFiniteLoss(f"the loss or gradients of step {p_step} were not finite; "
-                                        f"its update was skipped and step {step} saved")
-            if p_log:
-                _log_step(writer, bar, p_step, p_metrics, t_last, step_last, batch_size,
-                          {"skipped_steps": skipped})
+        with _deferred_signals():
+            try:
+                while step < total:
+                    batch = first_batch if first_batch is not None else \
+                        mesh_lib.global_batch(next(train_iter), run.batch_sharding)
+                    first_batch = None
+                    state, metrics = step_fn(state, batch)
+                    step += 1
+                    bar.update(1)
+                    if pending is not None:
+                        p_step, p_metrics, p_log = pending
+                        if _nonfinite(p_metrics):
+                            skipped += 1
+                            if nonfinite == "stop":
+                                ckpt.save(step, state, train_iter, cfg_dict, force=True)
+                                raise NonFiniteLoss(
+                                    f"the loss or gradients of step {p_step} were not finite "
+                                    f"(NaN or Inf); its update was skipped and the last finite "
+                                    f"state was saved at step {step}. Lower optim.lr, or set "
+                                    "train.nonfinite=skip")
+                            log.warning("step %d: non-finite loss or gradients, update skipped "
+                                        "(%d so far)", p_step, skipped)
+                        if p_log:
+                            t_last, step_last = _log_step(writer, bar, p_step, p_metrics, t_last,
+                                                          step_last, batch_size,
+                                                          {"skipped_steps": skipped})
+                    pending = (step, metrics, step % int(tc.log_every) == 0 or step == total)
+                    if tc.eval_every and step % int(tc.eval_every) == 0 and step != total:
+                        _periodic_eval(run, writer, state, step)
+                    if tc.sample_every and step % int(tc.sample_every) == 0 and step != total:
+                        _log_sample_images(run, writer, write_samples(
+                            run, state, jax.random.PRNGKey(step), int(tc.num_samples),
+                            _sample_path(run, workdir, step)), step)
+                    stop = _stop_requested(step)
+                    if step % int(tc.ckpt_every) == 0 or step == total or stop:
+                        ckpt.save(step, state, train_iter, cfg_dict, force=True)
+                    if interrupt_at is not None and step >= interrupt_at:
+                        raise Interrupted(f"interrupted at step {step}")
+                    if stop:
+                        ckpt.wait()
+                        raise Preempted(step, stop, state)
+            except signals.Stop as e:  # during a periodic evaluation or sample grid
+                ckpt.save(step, state, train_iter, cfg_dict, force=True)
+                ckpt.wait()
+                raise Preempted(step, e.signal_name, state) from None
+            if pending is not None:
+                p_step, p_metrics, p_log = pending
+                if _nonfinite(p_metrics):
+                    skipped += 1
+                    if nonfinite == "stop":
+                        raise NonFiniteLoss(f"the loss or gradients of step {p_step} were not "
+                                            f"finite; its update was skipped and step {step} saved")
+                if p_log:
+                    _log_step(writer, bar, p_step, p_metrics, t_last, step_last, batch_size,
+                              {"skipped_steps": skipped})
+            ckpt.wait()  # the last step is on disk before signals stop being deferred
 
-        # --- end of training: evaluation and samples
-        if start < total:
-            timings["eval"] = time.perf_counter()
-            _periodic_eval(run, writer, state, total)
-            timings["samples"] = time.perf_counter()
-            _log_sample_images(run, writer, write_samples(
-                run, state, jax.random.PRNGKey(total), int(tc.num_samples),
-                _sample_path(run, workdir, total)), total)
-            timings["end"] = time.perf_counter()
-            phases = _phase_seconds(timings)
-            writer.write(total, phases, "time")
-            log.info("wall seconds: " + ", ".join(f"{k[:-2]} {v:.1f}" for k, v in phases.items()))
+        # --- end of training: evaluation and samples (the last step is saved)
+        log.info("final evaluation and samples (step %d is saved)", total)
+        timings["eval"] = time.perf_counter()
+        _periodic_eval(run, writer, state, total)
+        timings["samples"] = time.perf_counter()
+        _log_sample_images(run, writer, write_samples(
+            run, state, jax.random.PRNGKey(total), int(tc.num_samples),
+            _sample_path(run, workdir, total)), total)
+        timings["end"] = time.perf_counter()
+        phases = _phase_seconds(timings)
+        writer.write(total, phases, "time")
+        log.info("wall seconds: " + ", ".join(f"{k[:-2]} {v:.1f}" for k, v in phases.items()))
         return state
     finally:
         bar.close()

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen import signals
 from jaxgen.errors import UsageError
 from jaxgen.models.base import Family
 from jaxgen.models.diffusion import hparams
@@ -153,6 +154,7 @@ def make_family(config: Any, data_info: dict) -> Family:
         params = _sampling_params(state, "ema")
         total, count = 0.0, 0
         for i, batch in enumerate(batches):
+            signals.check()
             keep = np.asarray(batch["mask"]) > 0
             x = np.asarray(batch["image"], np.float32)[keep][:ecfg.bpd_examples - count]
             if len(x) == 0:

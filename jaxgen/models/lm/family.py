@@ -30,6 +30,7 @@ from jaxgen.models.lm.sampling import make_strategy
 from jaxgen.train.optim import OptimConfig, make_optimizer
 from jaxgen.train.state import create_state
 from jaxgen.train.step import EMAConfig, make_train_step
+from jaxgen.train.workdir import write_atomic
 
 
 def lm_config(config: Any, data_info: dict) -> LMConfig:
@@ -128,8 +129,7 @@ def make_family(config: Any, data_info: dict) -> Family:
             if stop is not None and stop in gen:
                 gen = gen[:gen.index(stop) + 1]
             texts.append(tokenizer.decode(row[:prompt.shape[1]] + gen))
-        with open(path, "w", encoding="utf-8") as f:
-            f.write("\n\n==========\n\n".join(texts) + "\n")
+        write_atomic(path, "\n\n==========\n\n".join(texts) + "\n")
         return [path]
 
     mesh_sizes = {"fsdp": int(config.mesh.get("fsdp", 1)), "tensor": int(config.mesh.get("tensor", 1))}

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen import signals
 from jaxgen.models.base import Family
 from jaxgen.models.vae import likelihoods
 from jaxgen.models.vae.augment import random_shift
@@ -136,7 +137,9 @@ def make_family(config: Any, data_info: dict) -> Family:
         k = int(k or ecfg.iwae_k)
         params = eval_params(state)
         totals = {"nll": 0.0, "count": 0.0}
+        log.info("IWAE bound (k=%d) over the test split", k)
         for i, batch in enumerate(batches):
+            signals.check()
             x = jnp.asarray(batch["image"], jnp.float32)
             mask = jnp.asarray(batch.get("mask", np.ones(x.shape[0], np.float32)), jnp.float32)
             key = jax.random.fold_in(jax.random.PRNGKey(ecfg.seed), i)
