@@ -119,7 +119,7 @@ def _denoiser(cfg: UNetConfig, params, sh: NamedSharding) -> objectives.DenoiseF
         x = jax.lax.with_sharding_constraint(x, sh)
         return model.apply(params, x, t, labels)
 
-    return objectives.denoiser(model_fn, objectives.DiffusionConfig())
+    return objectives.denoiser(model_fn, objectives.DiffusionConfig(schedule="linear"))
 
 
 def jax_sampler(cfg: UNetConfig, params, scfg: samplers.SamplerConfig, batch: int,
@@ -128,7 +128,7 @@ def jax_sampler(cfg: UNetConfig, params, scfg: samplers.SamplerConfig, batch: in
     program, or with ``python_loop`` a Python loop of jitted steps."""
     sh = _mesh_sharding(batch)
     p = jax.device_put(params, NamedSharding(sh.mesh, P()))
-    sigmas = objectives.sampling_sigmas(objectives.DiffusionConfig(), scfg.steps)
+    sigmas = objectives.sampling_sigmas(objectives.DiffusionConfig(schedule="linear"), scfg.steps)
     shape, rng = (batch, *IMAGE), jax.random.key(2)
     start = time.perf_counter()
     if python_loop:
@@ -285,7 +285,7 @@ def sampler_rows(opts: Options, params, per_image: float, peak: float, reason: s
     model = None if reason else diffusers_model(opts.unet, threads=opts.torch_threads)
     order = [opts.headline] + [s for s in samplers.SAMPLERS if s != opts.headline]
     for name in order:
-        scfg = samplers.SamplerConfig(name=name, steps=opts.steps[name])
+        scfg = samplers.SamplerConfig(sampler=name, steps=opts.steps[name])
         evals = samplers.num_network_evals(scfg)
         compile_s, call = jax_sampler(opts.unet, params, scfg, b)
         calls, compiles = {"jaxgen": call}, {"jaxgen": compile_s}

@@ -4,7 +4,7 @@
 
 At the shapes of the ``denoise`` benchmark's U-Net (diffusers' ``UNet2DModel`` 64/128/128 at
 28x28): attention over 14x14 = 196 tokens, 16 heads of width 8, and GroupNorm(32) + SiLU at each
-level. Rows: ``jaxgen.nn.unet.short_attention`` (batched [B,N,T,H] x [B,N,H,S] matmuls), the
+level. Rows: ``jaxgen.nn.kernels.short_attention`` (batched [B,N,T,H] x [B,N,H,S] matmuls), the
 same softmax contracted over the minor axis of both operands (``einsum("btnh,bsnh->bnst")``, the
 layout it replaced), ``jax.nn.dot_product_attention`` and, where torch is installed, PyTorch's
 ``scaled_dot_product_attention``; ``jaxgen.nn.layers.GroupNorm`` against ``flax.linen.GroupNorm``.
@@ -23,7 +23,7 @@ import numpy as np
 from benchmarks import peers
 from benchmarks.common import time_fn
 from jaxgen.nn.layers import GroupNorm
-from jaxgen.nn.unet import short_attention
+from jaxgen.nn.kernels import short_attention
 
 
 def _median_ms(fn, *args, repeats: int) -> float:

@@ -13,68 +13,28 @@ Variants:
 
   jaxgen train gan_cifar10 --set data.data_dir=/path/to/tensorflow_datasets
 """
-import ml_collections
+import dataclasses
 
-from jaxgen.config import base_config
+from jaxgen.config import ImageData, TrainConfig
+from jaxgen.models.gan.settings import GANExperiment, GANOptim, NetConfig, ObjectiveConfig
 
 VARIANTS = ("default", "r1", "conditional")
 
 
-def get_config(variant: str = "default"):
+def get_config(variant: str = "default") -> GANExperiment:
     if variant not in VARIANTS:
         raise ValueError(f"unknown gan_cifar10 variant {variant!r}; variants: {', '.join(VARIANTS)}")
-    c = base_config()
-    c.family = "gan"
-
-    c.data.source = "tfds"
-    c.data.name = "cifar10"
-    c.data.data_dir = ""
-    c.data.train_split = "train"
-    c.data.eval_split = "test"
-    c.data.batch_size = 64
-    c.data.eval_batch_size = 500
-
-    m = c.model
-    m.z_dim = 128
-    m.gen_width = 64
-    m.disc_width = 64
-    m.gen_norm = "batch"
-    m.conditional = False
-    m.spectral_norm = True
-    m.sn_steps = 1
-
-    c.gan = ml_collections.ConfigDict()
-    c.gan.loss = "hinge"
-    c.gan.penalty = "none"
-    c.gan.penalty_weight = 0.1
-    c.gan.penalty_every = 16
-    c.gan.n_disc = 1
-
-    c.optim.name = "adam"
-    c.optim.lr = 2e-4
-    c.optim.disc_lr = 2e-4
-    c.optim.schedule = "constant"
-    c.optim.b1 = 0.0
-    c.optim.b2 = 0.9
-
-    c.train.steps = 100_000
-    c.train.log_every = 200
-    c.train.eval_every = 0        # no likelihood and no reference set for CIFAR-10 here
-    c.train.ckpt_every = 5000
-    c.train.sample_every = 5000
-    c.train.ema_decay = 0.9999
-    c.train.ema_warmup = True
-    c.train.num_samples = 100
-
-    c.eval.sample_metrics = False
-
-    c.sample.weights = "ema"
-    c.sample.label = -1
-
+    c = GANExperiment(
+        data=ImageData(source="tfds", name="cifar10", batch_size=64),
+        model=NetConfig(z_dim=128, gen_width=64, disc_width=64, spectral_norm=True,
+                        conditional=variant == "conditional"),
+        gan=ObjectiveConfig(loss="hinge", penalty="none", penalty_weight=0.1, penalty_every=16),
+        optim=GANOptim(name="adam", lr=2e-4, disc_lr=2e-4, schedule="constant", b1=0.0, b2=0.9),
+        train=TrainConfig(steps=100_000, log_every=200, eval_every=0, ckpt_every=5000,
+                          sample_every=5000, ema_decay=0.9999, ema_warmup=True, num_samples=100),
+    )
     if variant == "r1":
-        m.spectral_norm = False
-        c.gan.loss = "nonsaturating"
-        c.gan.penalty = "r1"
-    elif variant == "conditional":
-        m.conditional = True
+        c = dataclasses.replace(c, model=dataclasses.replace(c.model, spectral_norm=False),
+                                gan=dataclasses.replace(c.gan, loss="nonsaturating",
+                                                        penalty="r1"))
     return c

@@ -101,7 +101,7 @@ def full_evaluation(built: Any, state: Any, step: int, *, samples: bool = True,
         results.update(built.family.final_eval(state, built.datasets.make_eval()))
     if samples and evaluate_lib.sample_reference(built) is not None:
         log.info("scoring %d samples (eval.num_samples) with the LeNet feature network",
-                 int(built.config.eval.get("num_samples", 1000)))
+                 built.config.eval.num_samples)
         results.update(evaluate_lib.sample_metrics(built, state))
     if figures_prefix is not None and built.family.visualize is not None:
         batch = class_balanced_batch(built.datasets.make_eval())
@@ -130,9 +130,8 @@ def load(workdir: str, overrides: Sequence[str] = (), *, need_data: bool = True)
             raise UsageError(f"--set {key}: a trained run only takes evaluation and sampling "
                              f"settings (eval.*, sample.*, data.eval_batch_size); a model or "
                              f"training change needs jaxgen train")
-    config = loop.load_config(workdir)
-    config.lock()
-    experiments.apply_overrides(config, list(overrides))
+    config = experiments.apply_overrides(loop.load_config(workdir), list(overrides))
+    config = loop.workdir_paths(config, workdir)
     datasets = None if need_data else loop.datasets_for_sampling(workdir, config)
     built = loop.build(config, family=models.make_family, datasets=datasets)
     step, state = loop.restore_latest(built, workdir)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import logging
 import os
 import sys
@@ -105,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
                        description="Print every key of EXPERIMENT[:VARIANT] with its type and "
                        "value: each line's key=value can be passed back with --set.")
     c.add_argument("experiment", metavar="EXPERIMENT[:VARIANT]")
+    c.add_argument("--short", action="store_true", help="key, type and value only")
     c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value first (repeatable)")
 
@@ -189,15 +191,8 @@ def cmd_train(args) -> int:
     loop.check_workdir(workdir, config)
     if os.path.exists(os.path.join(workdir, "config.json")):
         # Resuming: the workdir's own config is the base, so a resumed run continues exactly.
-        stored = loop.load_config(workdir)
-        config = stored
-        config.lock()
-    experiments.apply_overrides(config, args.overrides)
-    if "tokenizer_path" in config.data and not config.data.tokenizer_path:
-        # The tokenizer lives in the workdir: eval and sample use the one training built, even
-        # when the training text is later edited or deleted.
-        with config.unlocked():
-            config.data.tokenizer_path = os.path.abspath(os.path.join(workdir, "tokenizer.json"))
+        config = loop.load_config(workdir)
+    config = loop.absolute_data_paths(experiments.apply_overrides(config, args.overrides))
     host.configure_cpu_host(config, distributed=_distributed(args))
     _init_distributed(args)
     try:
@@ -217,11 +212,10 @@ def _restored_run(args, need_data: bool = True):
     from jaxgen.train import host, loop
 
     config = loop.load_config(args.workdir)
-    with config.ignore_type():
-        try:
-            experiments.apply_overrides(config, args.overrides)
-        except ValueError:
-            pass  # api.load reports it with the right message
+    try:
+        config = experiments.apply_overrides(config, args.overrides)
+    except ValueError:
+        pass  # api.load reports it with the right message
     host.configure_cpu_host(config, distributed=_distributed(args))
     return api.load(args.workdir, args.overrides, need_data=need_data)
 
@@ -235,9 +229,12 @@ def _write_json(path: str, results: dict) -> None:
 
 def cmd_eval(args) -> int:
     from jaxgen.errors import UsageError
+    from jaxgen.train.workdir import check_output_file
 
     if bool(args.workdir) == bool(args.samples):
         raise UsageError("give exactly one of --workdir DIR (a trained run) or --samples FILE.npz")
+    if args.out:
+        check_output_file(args.out, "--out")
     if args.samples:
         if args.overrides:
             raise UsageError("--set applies to --workdir runs, not to --samples")
@@ -271,15 +268,15 @@ def cmd_sample(args) -> int:
     from jaxgen.errors import UsageError
     from jaxgen.train import loop
 
+    from jaxgen.models import family_class
+    from jaxgen.train.workdir import check_output_file
+
     if args.num <= 0:
         raise UsageError(f"--num must be positive, got {args.num}")
+    suffix = family_class(loop.load_config(args.workdir).family).sample_suffix
+    check_output_file(args.out, "--out", (suffix, ".npz"))
     restored = _restored_run(args, need_data=False)
     run, state = restored.built, restored.state
-    suffix = run.family.sample_suffix
-    if not args.out.endswith(suffix):
-        raise UsageError(f"--out {args.out}: this {run.family.name} run writes "
-                         f"{'text' if suffix == '.txt' else suffix[1:].upper()} samples; name a "
-                         f"{suffix} file")
     files = loop.write_samples(run, state, jax.random.PRNGKey(args.seed), args.num, args.out)
     for f in files:
         print(f)
@@ -317,12 +314,23 @@ def cmd_list(args) -> int:
 def cmd_config(args) -> int:
     from jaxgen import experiments
 
-    config = experiments.get_config(args.experiment)
-    experiments.apply_overrides(config, args.overrides)
+    config = experiments.apply_overrides(experiments.get_config(args.experiment), args.overrides)
+    reasons = experiments.recipe_reasons(args.experiment)
     items = experiments.flat_items(config)
-    width = max(len(k) for k, _ in items)
-    for key, value in items:
-        print(f"{key:<{width}}  {type(value).__name__:<5}  {experiments.format_value(value)}")
+    rows = [(key, info.type, experiments.format_value(value), info, key in reasons)
+            for key, value, info in items]
+    kw, tw = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
+    vw = min(max(len(r[2]) for r in rows), 24)
+    for key, kind, text, info, why in rows:
+        doc = re.sub(r":\w+:`([^`]*)`", r"\1", info.doc).replace("``", "")
+        if info.choices:
+            doc += f" [one of: {', '.join(map(str, info.choices))}]"
+        if why:
+            doc += f" [the recipe: {reasons[key]}]"
+        line = f"{key:<{kw}}  {kind:<{tw}}  {text:<{vw}}"
+        print(f"{line}  # {doc}" if doc and not args.short else line.rstrip())
+    if not args.short:
+        print(f"# every line's key=value can be given back with --set; {len(rows)} settings")
     return 0
 
 

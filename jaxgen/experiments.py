@@ -1,19 +1,24 @@
-"""Finding experiment recipes and applying ``--set key=value`` overrides.
+"""Finding experiment recipes, applying ``--set key=value`` overrides, reading a workdir's.
 
-A recipe is a Python file ``<name>.py`` with ``get_config(variant) -> ConfigDict`` and a
-``VARIANTS`` tuple. Recipes are looked up, in order, in ``$JAXGEN_EXPERIMENTS`` (a path list),
-``./experiments`` and the ``experiments/`` folder of the jaxgen source checkout; a path to a
-``.py`` file also works.
+A recipe is a Python file ``<name>.py`` with ``get_config(variant) -> Experiment`` (a family's
+settings dataclass, see :mod:`jaxgen.config`) and a ``VARIANTS`` tuple; its ``WHY`` dict names
+the settings its default variant changes from the library's defaults, and why (``jaxgen
+config`` prints the reason beside the value). Recipes are looked up, in order, in
+``$JAXGEN_EXPERIMENTS`` (a path list), ``./experiments`` and the ``experiments/`` folder of the
+jaxgen source checkout; a path to a ``.py`` file also works.
 """
 from __future__ import annotations
 
-import ast
+import dataclasses
 import difflib
 import importlib.util
+import json
 import os
-from typing import Any
+from typing import Any, Sequence
 
-import ml_collections
+from jaxgen import settings
+from jaxgen.config import Experiment
+from jaxgen.errors import UsageError
 
 _REPO_EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                  "experiments")
@@ -103,27 +108,8 @@ def describe_all() -> list[tuple[str, str, str]]:
     return rows
 
 
-def format_value(value: Any) -> str:
-    """The text of a config value that ``--set key=TEXT`` parses back to the same value."""
-    if isinstance(value, str):
-        import json
-        return json.dumps(value)
-    return repr(value)
-
-
-def flat_items(config: ml_collections.ConfigDict, prefix: str = "") -> list[tuple[str, Any]]:
-    """(dotted key, value) of every leaf of a config, in order."""
-    items = []
-    for k, v in config.items():
-        if isinstance(v, ml_collections.ConfigDict):
-            items += flat_items(v, f"{prefix}{k}.")
-        else:
-            items.append((prefix + k, v))
-    return items
-
-
-def get_config(spec: str) -> ml_collections.ConfigDict:
-    """``"name[:variant]"`` -> the recipe's locked config, with ``experiment`` filled in."""
+def get_config(spec: str) -> Experiment:
+    """``"name[:variant]"`` -> the recipe's settings, with ``experiment`` filled in."""
     name, _, variant = spec.partition(":")
     module = load_recipe(name)
     variants = tuple(getattr(module, "VARIANTS", ("default",)))
@@ -132,76 +118,54 @@ def get_config(spec: str) -> ml_collections.ConfigDict:
         raise ValueError(f"experiment {name!r} has no variant {variant!r}; "
                          f"variants: {', '.join(variants)}")
     config = module.get_config(variant)
-    with config.unlocked():
-        config.experiment = f"{os.path.basename(name).removesuffix('.py')}:{variant}"
-    config.lock()
-    return config
+    if not isinstance(config, Experiment):
+        raise UsageError(f"experiment {name!r}: get_config must return a jaxgen.config."
+                         f"Experiment (a family's settings), got {type(config).__name__}")
+    return dataclasses.replace(config,
+                               experiment=f"{os.path.basename(name).removesuffix('.py')}:{variant}")
 
 
-def _parse_value(text: str, current: Any, key: str) -> Any:
-    """Parses ``text`` to the type of the current value; raises a one-line ValueError."""
-    kind = type(current)
+def apply_overrides(config: Experiment, overrides: Sequence[str]) -> Experiment:
+    """``config`` with ``key=value`` strings applied (a new object); a mistake is a one-line
+    UsageError (unknown key with "did you mean", a wrong type, a value out of range)."""
+    return settings.apply_overrides(config, list(overrides))
+
+
+def recipe_reasons(spec: str) -> dict[str, str]:
+    """{dotted key: why} the recipe of ``spec`` changes that setting (its ``WHY`` dict)."""
+    name = spec.partition(":")[0]
     try:
-        if isinstance(current, bool):
-            low = text.strip().lower()
-            if low in ("true", "1", "yes"):
-                return True
-            if low in ("false", "0", "no"):
-                return False
-            raise ValueError
-        if isinstance(current, int):
-            return int(text)
-        if isinstance(current, float):
-            return float(text)
-        if isinstance(current, str) or current is None:
-            # A JSON-quoted string ("\\n", what `jaxgen config` prints) is unquoted.
-            if len(text) >= 2 and text[0] == text[-1] == '"':
-                import json
-                try:
-                    return json.loads(text)
-                except ValueError:
-                    pass
-            return text
-        if isinstance(current, (tuple, list)):
-            value = ast.literal_eval(text)
-            if not isinstance(value, (tuple, list)):
-                value = (value,)
-            return kind(value)
-    except (ValueError, SyntaxError):
-        pass
-    else:
-        raise ValueError(f"--set {key}: values of type {kind.__name__} cannot be overridden")
-    raise ValueError(f"--set {key}={text}: expected a value of type {kind.__name__} "
-                     f"(current value {current!r})")
+        return dict(getattr(load_recipe(name), "WHY", {}))
+    except ValueError:
+        return {}
 
 
-def _flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
-    keys = []
-    for k, v in config.items():
-        if isinstance(v, ml_collections.ConfigDict):
-            keys += _flat_keys(v, f"{prefix}{k}.")
-        else:
-            keys.append(prefix + k)
-    return keys
+def from_dict(data: dict, *, what: str = "config") -> Experiment:
+    """An experiment's settings from their dict (e.g. a workdir's config.json): the family's
+    settings class reads it, so every value is checked as ``--set`` checks it."""
+    from jaxgen.models import family_class
+
+    if not isinstance(data, dict) or not data.get("family"):
+        raise UsageError(f"{what} names no model family")
+    return settings.from_dict(family_class(data["family"]).settings, data, what=what)
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:
-    """Applies ``key=value`` strings; unknown keys and wrong types raise one-line ValueErrors."""
-    known = _flat_keys(config)
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ValueError(f"--set {item!r}: expected key=value")
-        if key not in known:
-            hint = difflib.get_close_matches(key, known, n=1)
-            raise ValueError(f"--set {key}: unknown config key"
-                             + (f" (did you mean {hint[0]!r}?)" if hint else ""))
-        *parents, leaf = key.split(".")
-        node = config
-        for p in parents:
-            node = node[p]
-        value = _parse_value(text, node[leaf], key)
-        with config.ignore_type():
-            node[leaf] = value
-    return config
+CONFIG_FILE = "config.json"
+
+
+def load_config(workdir: str) -> Experiment:
+    """The settings a workdir was trained with."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise UsageError(f"{workdir} is not a jaxgen workdir (no {CONFIG_FILE}); train into it "
+                         "first")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path} cannot be read ({e})") from None
+    return from_dict(data, what=path)
+
+
+format_value = settings.format_value
+flat_items = settings.flat_items

@@ -21,10 +21,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import toy  # noqa: E402
 from jaxgen.train import loop  # noqa: E402
 
-config = toy.toy_config(steps=int(sys.argv[5]) if len(sys.argv) > 5 else 4)
-config.mesh.data = 2
-config.optim.schedule = "constant"  # runs of different lengths share one schedule
-config.mesh.fsdp = 2
+config = toy.with_(toy.toy_config(steps=int(sys.argv[5]) if len(sys.argv) > 5 else 4),
+                   **{"mesh.data": 2, "mesh.fsdp": 2,
+                      "optim.schedule": "constant"})  # runs of different lengths share one schedule
 assert jax.device_count() == 4 and jax.process_count() == 2
 datasets = toy.toy_datasets(config, pid, 2)
 if len(sys.argv) > 6:

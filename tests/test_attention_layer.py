@@ -6,21 +6,23 @@ import numpy as np
 import pytest
 
 from jaxgen.nn.attention import SelfAttention, apply_rope, init_cache, rope_tables
-from jaxgen.nn.layers import MLP, LayerNorm, RMSNorm
+from jaxgen.nn.layers import MLP, norm
 
 
-def _naive_mha(x, w_qkv, w_out, n, h):
-    """Causal multi-head attention in numpy (float64), weights as the layer stores them."""
+def _naive_mha(x, p, n, h):
+    """Causal multi-head attention in numpy (float64), weights as the layer stores them: q
+    [D, N, H], kv [D, 2, K, H] (here K = N), out [N, H, D]."""
     x = np.asarray(x, np.float64)
     b, t, _ = x.shape
-    qkv = x @ np.asarray(w_qkv, np.float64)
-    q, k, v = (qkv[..., i * n * h:(i + 1) * n * h].reshape(b, t, n, h) for i in range(3))
+    q = np.einsum("btd,dnh->btnh", x, np.asarray(p["q"]["kernel"], np.float64))
+    kv = np.einsum("btd,dsnh->btsnh", x, np.asarray(p["kv"]["kernel"], np.float64))
+    k, v = kv[:, :, 0], kv[:, :, 1]
     s = np.einsum("bqnh,bknh->bnqk", q, k) / np.sqrt(h)
     s = np.where(np.tril(np.ones((t, t), bool)), s, -np.inf)
-    p = np.exp(s - s.max(-1, keepdims=True))
-    p /= p.sum(-1, keepdims=True)
-    o = np.einsum("bnqk,bknh->bqnh", p, v).reshape(b, t, n * h)
-    return o @ np.asarray(w_out, np.float64)
+    w = np.exp(s - s.max(-1, keepdims=True))
+    w /= w.sum(-1, keepdims=True)
+    o = np.einsum("bnqk,bknh->bqnh", w, v)
+    return np.einsum("btnh,nhd->btd", o, np.asarray(p["out"]["kernel"], np.float64))
 
 
 def _init(layer, x):
@@ -33,7 +35,9 @@ def test_mha_matches_naive_attention():
     p = _init(layer, x)
     y, cache = jax.jit(layer.apply)({"params": p}, x)
     assert cache is None and y.shape == x.shape
-    ref = _naive_mha(x, p["qkv"]["kernel"], p["out"]["kernel"], 4, 4)
+    assert p["q"]["kernel"].shape == (16, 4, 4) and p["kv"]["kernel"].shape == (16, 2, 4, 4)
+    assert p["out"]["kernel"].shape == (4, 4, 16)
+    ref = _naive_mha(x, p, 4, 4)
     np.testing.assert_allclose(np.asarray(y), ref, atol=1e-5)
 
 
@@ -43,11 +47,9 @@ def test_gqa_equals_mha_with_repeated_kv_weights():
     x = jax.random.normal(jax.random.PRNGKey(2), (2, 6, d))
     gqa = SelfAttention(num_heads=n, num_kv_heads=k, head_dim=h, kernel="reference")
     p = _init(gqa, x)
-    w = np.asarray(p["qkv"]["kernel"])
-    wq, wk, wv = w[:, :n * h], w[:, n * h:(n + k) * h], w[:, (n + k) * h:]
-    rep = lambda m: np.repeat(m.reshape(d, k, h), n // k, axis=1).reshape(d, n * h)
+    kv = np.repeat(np.asarray(p["kv"]["kernel"]), n // k, axis=2)  # [D, 2, K, H] -> [D, 2, N, H]
     mha = SelfAttention(num_heads=n, num_kv_heads=n, head_dim=h, kernel="reference")
-    p_mha = {"qkv": {"kernel": jnp.asarray(np.concatenate([wq, rep(wk), rep(wv)], 1))}, "out": p["out"]}
+    p_mha = {"q": p["q"], "kv": {"kernel": jnp.asarray(kv)}, "out": p["out"]}
     y_gqa, _ = jax.jit(gqa.apply)({"params": p}, x)
     y_mha, _ = jax.jit(mha.apply)({"params": p_mha}, x)
     np.testing.assert_allclose(np.asarray(y_gqa), np.asarray(y_mha), atol=1e-5)
@@ -89,16 +91,18 @@ def test_cached_steps_equal_full_pass():
 
 def test_norms_and_mlp_against_closed_forms():
     x = jax.random.normal(jax.random.PRNGKey(6), (3, 10)) * 3 + 1
-    y = RMSNorm().apply({"params": {"scale": jnp.ones(10)}}, x)
+    y = norm("rmsnorm").apply({"params": {"scale": jnp.ones(10)}}, x)
     ref = x / np.sqrt(np.mean(np.square(x), -1, keepdims=True) + 1e-6)
     np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-5)
-    y = LayerNorm().apply({"params": {"scale": jnp.ones(10), "bias": jnp.zeros(10)}}, x)
+    y = norm("layernorm", use_bias=True).apply(
+        {"params": {"scale": jnp.ones(10), "bias": jnp.zeros(10)}}, x)
     ref = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
     np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-4, atol=1e-5)
     mlp = MLP(hidden=6, kind="swiglu")
     p = _init(mlp, x)
     wi, wo = np.asarray(p["wi"]["kernel"]), np.asarray(p["wo"]["kernel"])
-    g, u = np.split(np.asarray(x) @ wi, 2, axis=-1)
+    assert wi.shape == (10, 2, 6)  # gate and up on their own axis
+    g, u = np.einsum("bd,dsf->sbf", np.asarray(x), wi)
     ref = (g / (1 + np.exp(-g)) * u) @ wo
     np.testing.assert_allclose(np.asarray(mlp.apply({"params": p}, x)), ref, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="unknown MLP"):

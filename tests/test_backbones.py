@@ -8,6 +8,7 @@ import dataclasses
 import math
 import re
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -60,7 +61,7 @@ def _fake_params(model, *args, seed=0):
             return jnp.asarray(z)
         return jnp.asarray((1.0 if name == "scale" else 0.0) + 0.1 * z)
 
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *args))
+    shapes = nn.meta.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), *args)))
     return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
@@ -91,7 +92,8 @@ def test_group_norm_matches_flax(shape, groups):
     x = jnp.asarray(rng.standard_normal(shape) * rng.uniform(0.5, 3, shape[-1]) + 1.5, jnp.float32)
     ours, ref = GroupNorm(groups, epsilon=1e-5), nn.GroupNorm(groups, epsilon=1e-5)
     params = _perturb(ref.init(jax.random.key(0), x), scale=0.5)
-    assert jax.tree.structure(ours.init(jax.random.key(0), x)) == jax.tree.structure(params)
+    assert jax.tree.structure(nn.meta.unbox(ours.init(jax.random.key(0), x))) == \
+        jax.tree.structure(params)
     w = jnp.asarray(rng.standard_normal(shape), jnp.float32)
     loss = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)) * w)
     np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), atol=2e-5, rtol=1e-5)
@@ -118,7 +120,7 @@ def test_unet_shapes_and_null_label():
     uncond = UNet(UNetConfig(block_channels=(8, 16), layers_per_block=1,
                              attention_levels=(True, False)))
     x3, t3 = _inputs(b=1, hw=4, c=3)
-    shapes = jax.eval_shape(lambda: uncond.init(jax.random.key(0), x3, t3))
+    shapes = nn.meta.unbox(jax.eval_shape(lambda: uncond.init(jax.random.key(0), x3, t3)))
     assert "label_embed" not in shapes["params"]
     assert jax.eval_shape(uncond.apply, shapes, x3, t3).shape == (1, 4, 4, 3)
 
@@ -129,6 +131,7 @@ def test_unet_zero_init():
     emb = jnp.ones((1, 32))
     block = ResBlock(UNetConfig(block_channels=(8,), attention_levels=(False,)), 8)
     out, params = jax.jit(lambda: block.init_with_output(jax.random.key(0), x, emb))()
+    params = nn.meta.unbox(params)
     np.testing.assert_array_equal(params["params"]["conv2"]["kernel"], 0.0)
     skip = params["params"]["skip"]
     want = jnp.einsum("bhwc,cd->bhwd", x, skip["kernel"][0, 0]) + skip["bias"]
@@ -142,7 +145,8 @@ def test_unet_adm_variant_traces():
                      num_classes=5)
     x, t = _inputs(b=2, hw=8, c=3)
     labels = jnp.array([0, 4])
-    shapes = jax.eval_shape(lambda: UNet(cfg).init(jax.random.key(0), x, t, labels))["params"]
+    shapes = nn.meta.unbox(jax.eval_shape(lambda: UNet(cfg).init(jax.random.key(0), x, t,
+                                                                 labels)))["params"]
     assert shapes["down0_res0"]["emb_proj"]["kernel"].shape == (32, 16)  # 2 C for scale, shift
     assert shapes["down0_downsample"]["res"]["conv1"]["kernel"].shape == (3, 3, 8, 8)
     assert shapes["up1_upsample"]["res"]["conv2"]["kernel"].shape == (3, 3, 16, 16)
@@ -163,8 +167,8 @@ def test_unet_attention_reference_equals_xla():
 def test_unet_diffusers_structure_and_param_count():
     cfg = UNetConfig()  # the defaults are the diffusers (64, 128, 128) layout
     assert unet_param_count(cfg, (28, 28, 1)) == DIFFUSERS_UNET_28_PARAMS
-    shapes = jax.eval_shape(lambda: UNet(cfg).init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)),
-                                                   jnp.zeros((1,))))["params"]
+    shapes = nn.meta.unbox(jax.eval_shape(lambda: UNet(cfg).init(
+        jax.random.key(0), jnp.zeros((1, 28, 28, 1)), jnp.zeros((1,)))))["params"]
     kinds = collections.Counter(re.sub(r"\d+$", "", k) for k in shapes)
     for i, attn in enumerate(cfg.attention_levels):
         assert sum(bool(re.fullmatch(rf"down{i}_res\d", k)) for k in shapes) == 2
@@ -177,7 +181,7 @@ def test_unet_diffusers_structure_and_param_count():
     assert shapes["time_embed"]["linear_1"]["kernel"].shape == (64, 256)  # C0 -> 4 C0
     assert shapes["up2_res0"]["conv1"]["kernel"].shape == (3, 3, 256, 128)  # 128 + 128 skip
     assert shapes["up0_res2"]["conv1"]["kernel"].shape == (3, 3, 128, 64)  # 64 + conv_in's 64
-    assert shapes["down1_attn0"]["attn"]["qkv"]["kernel"].shape == (128, 384)
+    assert shapes["down1_attn0"]["attn"]["qkv"]["kernel"].shape == (128, 3, 16, 8)  # heads of 8
 
 
 def test_unet_param_count_matches_diffusers_model():
@@ -223,8 +227,10 @@ def _port_from_torch(params, state_dict, levels):
             base = name[:-3]
             suffix = "weight" if kind == "kernel" else "bias"
             w = np.concatenate([sd[f"{base}to_{n}.{suffix}"] for n in "qkv"], axis=0)
-            return jnp.asarray(w.T if kind == "kernel" else w)
+            return jnp.asarray((w.T if kind == "kernel" else w).reshape(value.shape))
         w = sd[f"{name}.{'bias' if kind == 'bias' else 'weight'}"]
+        if name.endswith("to_out.0") and kind == "kernel":  # [D, D] -> [heads, head_dim, D]
+            return jnp.asarray(w.T.reshape(value.shape))
         if kind == "embedding":  # diffusers has no null row: append a zero one
             return jnp.asarray(np.concatenate([w, np.zeros((1, w.shape[1]), w.dtype)]))
         if kind == "kernel":
@@ -247,7 +253,7 @@ def test_unet_matches_diffusers_numerically():
                      num_classes=3, norm_groups=8, out_channels=2, attention_kernel="reference")
     x, t = _inputs()
     labels = np.array([2, 0], np.int32)
-    params = jax.eval_shape(lambda: UNet(cfg).init(jax.random.key(0), x, t, labels))
+    params = nn.meta.unbox(jax.eval_shape(lambda: UNet(cfg).init(jax.random.key(0), x, t, labels)))
     params = _port_from_torch(params, model.state_dict(), cfg.levels)
     ours = jax.jit(UNet(cfg).apply)(params, x, t, labels)
     with torch.no_grad():
@@ -269,7 +275,7 @@ def test_dit_shapes_and_null_label():
     assert not np.allclose(y_null, y_02)
 
     uncond = DiT(_with(TINY_DIT, num_classes=0, learn_sigma=False, depth=1, patch_size=4))
-    shapes = jax.eval_shape(lambda: uncond.init(jax.random.key(0), x, t))
+    shapes = nn.meta.unbox(jax.eval_shape(lambda: uncond.init(jax.random.key(0), x, t)))
     assert "y_embedder" not in shapes["params"]
     assert jax.eval_shape(uncond.apply, shapes, x, t).shape == (2, 8, 8, 3)
 
@@ -284,6 +290,7 @@ def test_dit_adaln_zero_at_init():
 
     def run():
         out, params = DiT(TINY_DIT).init_with_output(jax.random.key(0), x, t, labels)
+        params = nn.meta.unbox(params)
         p = params["params"]
         final = {k: (jax.tree.map(lambda a: a + 0.1, v) if k.startswith("final") else v)
                  for k, v in p.items()}
@@ -309,8 +316,8 @@ def test_bfloat16_compute(family):
     x, t = _inputs(hw=8, c=3)
     labels = jnp.array([1, 2])
     cfg, make = (TINY_UNET, UNet) if family == "unet" else (TINY_DIT, DiT)
-    low_model = make(_with(cfg, dtype=jnp.bfloat16))
-    shapes = jax.eval_shape(lambda: low_model.init(jax.random.key(0), x, t, labels))
+    low_model = make(_with(cfg, dtype="bfloat16"))
+    shapes = nn.meta.unbox(jax.eval_shape(lambda: low_model.init(jax.random.key(0), x, t, labels)))
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(shapes))
     params = _fake_params(make(cfg), x, t, labels)
     low, high = jax.jit(lambda p: (low_model.apply(p, x, t, labels),

@@ -272,17 +272,22 @@ def test_train_quick_writes_json_markdown_and_png(tmp_path):
 
 
 def test_unet_short_attention_path_equals_the_xla_kernel():
-    """The U-Net's CPU attention path ("auto" at short sequences) computes what "xla" does."""
+    """The U-Net's CPU attention path ("auto" at short sequences: "short") computes what "xla"
+    does, and "auto" on the U-Net's shapes is "short" on CPU and "xla" when the program is
+    traced under a TPU mesh's devices (the dispatcher asks the mesh, not the backend)."""
     import dataclasses
 
     import jax
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxgen.nn.unet import UNet, UNetConfig, use_short_attention
+    from jaxgen.nn.kernels import choose_kernel
+    from jaxgen.nn.unet import UNet, UNetConfig
     cfg = UNetConfig(block_channels=(8, 16), layers_per_block=1, attention_levels=(False, True),
                      norm_groups=4, zero_init=False)
-    assert use_short_attention("auto", 14 * 14) == (jax.default_backend() == "cpu")
+    q = jax.ShapeDtypeStruct((2, 14 * 14, 2, 8), jnp.float32)
+    assert choose_kernel(q, q, causal=False, mask=None) == "short"
+    assert choose_kernel(q, q, causal=False, mask=None, platform="tpu") == "xla"
     x = jax.random.normal(jax.random.key(0), (2, 28, 28, 1))
     t = jnp.array([3.0, 700.0])
     params = UNet(cfg).init(jax.random.key(1), x, t)

@@ -14,9 +14,7 @@ sys.path.insert(0, {tests!r})
 import toy
 VARIANTS = ("default",)
 def get_config(variant="default"):
-    c = toy.toy_config(steps=4)
-    c.experiment = ""
-    return c
+    return toy.with_(toy.toy_config(steps=4), experiment="")
 '''
 
 

@@ -8,7 +8,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxgen.nn.kernels import attention, auto, cpu_flash, reference_attention, shard_attention
+from jaxgen.nn.kernels import attention, choose_kernel, cpu_flash, reference_attention, shard_attention
 from jaxgen.nn.kernels.cpu_flash import cpu_flash_attention, cpu_flash_unusable_reason
 
 _F32 = jax.ShapeDtypeStruct((1, 8, 1, 16), jnp.float32)
@@ -99,8 +99,20 @@ def test_cpu_flash_under_vmap_shard_map_and_sharded_heads_on_8_devices():
 def test_cpu_flash_refuses_what_it_cannot_compute_in_one_line(kwargs, shape, dtype, message):
     q = jnp.ones(shape, dtype)
     with pytest.raises(ValueError, match=message) as e:
-        attention(q, q, q, kernel="cpu_flash", **kwargs)
+        cpu_flash_attention(q, q, q, **kwargs)
     assert "\n" not in str(e.value)
+    if "mask" not in kwargs:  # through the dispatcher too
+        with pytest.raises(ValueError, match=message):
+            attention(q, q, q, kernel="cpu_flash", **kwargs)
+
+
+def test_a_masked_call_with_a_maskless_kernel_named_uses_auto():
+    """KV-cache decoding passes a mask: cpu_flash named by a model is a preference there."""
+    r = np.random.default_rng(3)
+    q, k, v = (jnp.asarray(r.normal(size=(1, 8, 2, 16)), jnp.float32) for _ in range(3))
+    mask = jnp.asarray(r.random((1, 1, 8, 8)) > 0.3)
+    np.testing.assert_allclose(attention(q, k, v, mask=mask, kernel="cpu_flash"),
+                               reference_attention(q, k, v, mask=mask), atol=2e-6)
 
 
 @needs_kernel
@@ -137,13 +149,13 @@ def test_cpu_flash_library_is_built_once_per_source_and_cached(tmp_path, monkeyp
 @needs_kernel
 def test_auto_picks_cpu_flash_for_long_float32_attention_without_a_mask():
     q = jax.ShapeDtypeStruct((1, 512, 2, 64), jnp.float32)
-    assert auto.choose_kernel(q, q, causal=True, mask=None, platform="cpu") == "cpu_flash"
-    assert auto.choose_kernel(q, q, causal=True, mask=jnp.ones((1, 1, 512, 512), bool),
+    assert choose_kernel(q, q, causal=True, mask=None, platform="cpu") == "cpu_flash"
+    assert choose_kernel(q, q, causal=True, mask=jnp.ones((1, 1, 512, 512), bool),
                               platform="cpu") == "chunked"
     bf16 = jax.ShapeDtypeStruct((1, 512, 2, 64), jnp.bfloat16)
-    assert auto.choose_kernel(bf16, bf16, causal=True, mask=None, platform="cpu") == "chunked"
+    assert choose_kernel(bf16, bf16, causal=True, mask=None, platform="cpu") == "chunked"
     short = jax.ShapeDtypeStruct((1, 64, 2, 64), jnp.float32)
-    assert auto.choose_kernel(short, short, causal=True, mask=None, platform="cpu") == "xla"
+    assert choose_kernel(short, short, causal=True, mask=None, platform="cpu") == "short"
 
 
 COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "collective-permute", "reduce-scatter")

@@ -1,10 +1,11 @@
 """Image pipelines: the embedded MNIST split, determinism, resumption, process shards, TFDS."""
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from jaxgen.data import images as images_lib
+from jaxgen import settings
+from jaxgen.config import Experiment, ImageData
 from jaxgen.data import make_datasets
 
 
@@ -12,7 +13,7 @@ def _config(**data):
     d = {"source": "mnist_embedded", "batch_size": 32, "eval_batch_size": 300, "seed": 0,
          "binarize": "threshold", "name": "", "data_dir": "", "path": ""}
     d.update(data)
-    return ml_collections.ConfigDict({"data": d})
+    return Experiment(data=settings.from_dict(ImageData, d, what="data"))
 
 
 def test_embedded_mnist_split():
@@ -105,7 +106,7 @@ def test_npz_files_and_bad_sources(tmp_path):
     assert ds.info["shape"] == (6, 5, 1) and ds.info["num_eval"] == 5
     with pytest.raises(ValueError, match="does not exist"):
         make_datasets(_config(source="npz", path=str(tmp_path / "nope.npz")))
-    with pytest.raises(ValueError, match="unknown data.source 'mnsit'"):
+    with pytest.raises(ValueError, match="source: Input should be 'mnist_embedded', 'digits'"):
         make_datasets(_config(source="mnsit"))
-    with pytest.raises(ValueError, match="unknown data.binarize"):
+    with pytest.raises(ValueError, match="binarize: Input should be 'none' or 'threshold'"):
         make_datasets(_config(binarize="otsu"))

@@ -1,11 +1,12 @@
 """Text pipelines and tokenizers on the real tinyshakespeare text."""
 import os
 
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from jaxgen import settings
+from jaxgen.config import Experiment, TextData
 from jaxgen.data import make_datasets, make_tokenizer
 from jaxgen.data import text as text_lib
 
@@ -16,10 +17,10 @@ if not os.path.exists(SHAKESPEARE):
 
 def _config(**data):
     d = {"source": "text_file", "path": SHAKESPEARE, "name": "", "data_dir": "",
-         "tokenizer": "char", "vocab_size": 0, "tokenizer_path": "", "seq_len": 64,
+         "tokenizer": "char", "vocab_size": 512, "tokenizer_path": "", "seq_len": 64,
          "val_fraction": 0.1, "eval_batches": 0, "batch_size": 12, "eval_batch_size": 64, "seed": 0}
     d.update(data)
-    return ml_collections.ConfigDict({"data": d})
+    return Experiment(data=settings.from_dict(TextData, d, what="data"))
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +105,7 @@ def test_stdlib_corpus_and_bad_inputs(tmp_path):
     (tmp_path / "tiny.txt").write_text("abc" * 10)
     with pytest.raises(ValueError, match="fewer than one window"):
         make_datasets(_config(path=str(tmp_path / "tiny.txt")))
-    with pytest.raises(ValueError, match="unknown tokenizer 'word'"):
+    with pytest.raises(ValueError, match="tokenizer: Input should be 'char', 'byte' or 'bpe'"):
         make_datasets(_config(tokenizer="word"))
 
 

@@ -22,6 +22,14 @@ from jaxgen.models.diffusion.objectives import DiffusionConfig, bcast
 from jaxgen.models.diffusion.samplers import SamplerConfig
 from jaxgen.models.diffusion.schedules import EDMConfig, Schedule
 
+
+def _cfg(parameterization="eps", schedule=None, **kw):
+    """A DiffusionConfig on a ``Schedule`` object, with no clip and no sigma cap unless asked
+    (the maths under test, not the recipes' sampling defaults)."""
+    schedule = schedule or Schedule()
+    kw = {"clip_x0": False, "sample_sigma_max": 0.0, **kw}
+    return DiffusionConfig(parameterization, schedule.kind, schedule.num_steps, **kw)
+
 M, S = 1.0, 0.5  # the 1-D Gaussian data distribution N(M, S^2)
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "euler", "heun")
 
@@ -179,9 +187,9 @@ def test_targets_and_conversions_are_consistent():
 @pytest.mark.parametrize("param", ["eps", "v", "x0", "edm"])
 def test_loss_is_zero_for_perfect_model_and_positive_for_zeros(param):
     x0 = jax.random.uniform(rkey(2), (8, 4, 4, 1), minval=-1, maxval=1)
-    cfg = DiffusionConfig(param, Schedule("linear", 1000))
+    cfg = _cfg(param, Schedule("linear", 1000))
     rng = rkey(5)
-    perfect = obj.diffusion_loss(perfect_model(param, cfg.schedule, x0), x0, None, rng, cfg)
+    perfect = obj.diffusion_loss(perfect_model(param, cfg.noise_schedule, x0), x0, None, rng, cfg)
     zeros = obj.diffusion_loss(lambda x, c, _: jnp.zeros_like(x), x0, None, rng, cfg)
     assert perfect.shape == (8,) and float(jnp.max(perfect)) < 1e-6
     assert float(jnp.min(zeros)) > 1e-3
@@ -198,7 +206,7 @@ def test_x0_loss_weights_truncated_snr():
     s = Schedule("linear", 1000)
     for weighting in ("snr_trunc", "plain"):
         loss = obj.diffusion_loss(zeros, x0, None, rkey(0),
-                                  DiffusionConfig("x0", s, x0_weighting=weighting))
+                                  _cfg("x0", s, x0_weighting=weighting))
         snr = sch.snr(s)[seen[-1].astype(jnp.int32)]
         w = jnp.maximum(snr, 1.0) if weighting == "snr_trunc" else 1.0
         np.testing.assert_allclose(loss, w * jnp.mean(x0**2, -1), rtol=1e-5)
@@ -216,8 +224,8 @@ def test_label_dropout_rate():
 @pytest.mark.parametrize("param", ["eps", "v", "x0", "edm"])
 def test_denoiser_of_perfect_model_returns_x0(param):
     x0 = jax.random.uniform(rkey(2), (3, 4, 4, 1), minval=-1, maxval=1)
-    cfg = DiffusionConfig(param, Schedule("linear", 1000))
-    d = obj.denoiser(perfect_model(param, cfg.schedule, x0), cfg)
+    cfg = _cfg(param, Schedule("linear", 1000))
+    d = obj.denoiser(perfect_model(param, cfg.noise_schedule, x0), cfg)
     sigmas = obj.sampling_sigmas(cfg, 5)[:-1]
     for sigma in sigmas:
         x = x0 + sigma * jax.random.normal(rkey(7), x0.shape)
@@ -229,32 +237,32 @@ def test_sampling_grid_caps_its_first_sigma_only_where_asked():
     """sample_sigma_max replaces a cosine grid's first sigma (~2e4) by the cap and leaves the
     rest; no cap, or a cap above the top, leaves the grid; EDM's grid is its own."""
     cosine = Schedule("cosine", 1000)
-    plain = obj.sampling_sigmas(DiffusionConfig("eps", cosine), 10)
-    capped = obj.sampling_sigmas(DiffusionConfig("eps", cosine, sample_sigma_max=80.0), 10)
+    plain = obj.sampling_sigmas(_cfg("eps", cosine), 10)
+    capped = obj.sampling_sigmas(_cfg("eps", cosine, sample_sigma_max=80.0), 10)
     assert float(plain[0]) > 1e4
     assert float(capped[0]) == pytest.approx(80.0)
     np.testing.assert_array_equal(capped[1:], plain[1:])
     assert bool(jnp.all(jnp.diff(capped) < 0))
-    high = obj.sampling_sigmas(DiffusionConfig("eps", cosine, sample_sigma_max=1e9), 10)
+    high = obj.sampling_sigmas(_cfg("eps", cosine, sample_sigma_max=1e9), 10)
     np.testing.assert_array_equal(high, plain)
-    tiny = obj.sampling_sigmas(DiffusionConfig("eps", cosine, sample_sigma_max=1e-3), 10)
+    tiny = obj.sampling_sigmas(_cfg("eps", cosine, sample_sigma_max=1e-3), 10)
     assert float(tiny[0]) > float(tiny[1])  # never below the next sigma: the grid still decreases
-    edm = DiffusionConfig("edm", sample_sigma_max=5.0)
+    edm = _cfg("edm", sample_sigma_max=5.0)
     np.testing.assert_array_equal(obj.sampling_sigmas(edm, 10),
-                                  obj.sampling_sigmas(DiffusionConfig("edm"), 10))
+                                  obj.sampling_sigmas(_cfg("edm"), 10))
     with pytest.raises(ValueError, match="sample_sigma_max must be >= 0"):
-        DiffusionConfig("eps", cosine, sample_sigma_max=-1.0)
+        _cfg("eps", cosine, sample_sigma_max=-1.0)
 
 
 def test_denoiser_clips_x0_hat_only_with_clip_x0():
     """An eps model that is far off at high sigma: clip_x0 clips x0_hat to [-1, 1], exactly the
     clip of the unclipped estimate."""
-    cfg = DiffusionConfig("eps", Schedule("linear", 1000))
+    cfg = _cfg("eps", Schedule("linear", 1000))
     model = lambda x, t, labels: jnp.full_like(x, -3.0)  # noqa: E731  (eps = -3 everywhere)
     x = jax.random.normal(rkey(3), (2, 4, 4, 1)) * 50.0
     sigma = jnp.full((2,), 50.0)
     raw = obj.denoiser(model, cfg)(x, sigma, None)
-    clipped = obj.denoiser(model, DiffusionConfig("eps", cfg.schedule, clip_x0=True))(x, sigma, None)
+    clipped = obj.denoiser(model, _cfg("eps", cfg.noise_schedule, clip_x0=True))(x, sigma, None)
     assert float(jnp.max(jnp.abs(raw))) > 10.0
     np.testing.assert_array_equal(clipped, jnp.clip(raw, -1.0, 1.0))
 
@@ -317,7 +325,7 @@ def test_vlb_terms_match_direct_computation(model_variance):
     x0 = grid_images(rkey(1), (2, 4, 4, 1))
     u = jax.random.uniform(rkey(3), x0.shape, minval=-1, maxval=1)
     x0_hat = jnp.clip(x0 + 0.02 * u, -1, 1)  # within ~2 decoder std of x0: no float64 underflow
-    cfg = DiffusionConfig("x0", s)
+    cfg = _cfg("x0", s)
     terms = jax.jit(lambda k: lik.vlb_terms(lambda x, t, _: x0_hat + 0.0 * x, x0, None, k, cfg,
                                             model_variance=model_variance))(rkey(2))
     decoder, diffusion = _direct_vlb(x0, x0_hat, s, model_variance)
@@ -329,10 +337,10 @@ def test_bound_orders_models_and_monte_carlo_is_unbiased():
     s = Schedule("linear", 20)
     x0 = grid_images(rkey(1), (2, 4, 4, 1))
     rng = rkey(3)
-    bpd = {p: lik.nll_bits_per_dim(perfect_model(p, s, x0), x0, None, rng, DiffusionConfig(p, s))
+    bpd = {p: lik.nll_bits_per_dim(perfect_model(p, s, x0), x0, None, rng, _cfg(p, s))
            for p in ("x0", "eps")}
     np.testing.assert_allclose(bpd["eps"], bpd["x0"], rtol=1e-3)  # the same model, two heads
-    cfg = DiffusionConfig("x0", s)
+    cfg = _cfg("x0", s)
     zeros = lik.nll_bits_per_dim(lambda x, t, _: jnp.zeros_like(x), x0, None, rng, cfg)
     assert bool(jnp.all(zeros > bpd["x0"] + 1.0))
     # The uniform-t estimate (K = 3) averages to the exact sum over t (x0_hat independent of x_t,
@@ -352,8 +360,8 @@ def test_every_sampler_recovers_x0_with_a_perfect_denoiser(name):
     x0 = jax.random.uniform(rkey(2), (2, 4, 4, 1), minval=-1, maxval=1)
     discrete_param = {"ddpm": "eps", "ddim": "v", "dpmpp_2m": "x0", "euler": "eps", "heun": "v"}
     for steps, param in ((1, discrete_param[name]), (4, "edm")):
-        cfg = DiffusionConfig(param, Schedule("linear", 1000))
-        d = obj.denoiser(perfect_model(param, cfg.schedule, x0), cfg)
+        cfg = _cfg(param, Schedule("linear", 1000))
+        d = obj.denoiser(perfect_model(param, cfg.noise_schedule, x0), cfg)
         sc = SamplerConfig(name, steps, eta=0.5 if name == "ddim" else 0.0,
                            s_churn=1.0 if name == "heun" and param == "edm" else 0.0)
         out = smp.sample(d, x0.shape, rkey(steps), sc, obj.sampling_sigmas(cfg, steps))
@@ -471,8 +479,8 @@ def test_bad_inputs_raise_one_line_value_errors():
         lambda: Schedule("quadratic"), lambda: Schedule("linear", 0),
         lambda: SamplerConfig("plms", 10), lambda: SamplerConfig("ddim", 0),
         lambda: SamplerConfig("ddim", -3), lambda: SamplerConfig("ddim", 2.5),
-        lambda: DiffusionConfig("score"), lambda: DiffusionConfig(x0_weighting="snr"),
-        lambda: DiffusionConfig(cond_drop_prob=0.1), lambda: EDMConfig(sigma_min=0.0),
+        lambda: _cfg("score"), lambda: _cfg(x0_weighting="snr"),
+        lambda: _cfg(cond_drop_prob=1.5), lambda: EDMConfig(sigma_min=0.0),
         lambda: sch.karras_sigmas(0), lambda: sch.discrete_sigmas(Schedule(), 0),
         lambda: sch.discrete_sigmas(Schedule("linear", 10), 11),
         lambda: smp.sample(gauss_denoiser, (2, 1), key, SamplerConfig("ddim", 3),
@@ -482,7 +490,7 @@ def test_bad_inputs_raise_one_line_value_errors():
         lambda: smp.sample(gauss_denoiser, (2, 1), key, SamplerConfig("ddim", 3, guidance=2.0),
                            sch.karras_sigmas(3)),
         lambda: lik.nll_bits_per_dim(gauss_denoiser, jnp.zeros((1, 2, 2, 1)), None, key,
-                                     DiffusionConfig("edm")),
+                                     _cfg("edm")),
     ]
     for case in cases:
         with pytest.raises(ValueError) as info:

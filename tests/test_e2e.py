@@ -52,8 +52,8 @@ def test_cli_bad_input_exit_2(tmp_path, args, message):
 
 
 def _one_step(spec, devices, mesh, overrides=()):
-    config = experiments.get_config(spec)
-    experiments.apply_overrides(config, [f"mesh.{k}={v}" for k, v in mesh.items()] + list(overrides))
+    config = experiments.apply_overrides(experiments.get_config(spec),
+                                         [f"mesh.{k}={v}" for k, v in mesh.items()] + list(overrides))
     run = loop.build(config, devices, family=models.make_family)
     batch = next(run.datasets.train)
     state = loop.init_state(run, batch)

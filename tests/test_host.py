@@ -3,11 +3,12 @@ import os
 import subprocess
 import sys
 
-import ml_collections
 import pytest
 
-from jaxgen.config import base_config
+from jaxgen.config import Experiment
+from jaxgen.errors import UsageError
 from jaxgen.train import host
+from jaxgen.train.mesh import MeshConfig
 
 
 @pytest.mark.parametrize("cores,batches,axes,expected", [
@@ -28,23 +29,24 @@ def test_choose_cpu_devices(cores, batches, axes, expected):
 def test_configure_is_a_no_op_once_the_backend_exists():
     import jax
     jax.devices()  # the test session's 8 simulated devices
-    assert host.configure_cpu_host(base_config()) is None
+    assert host.configure_cpu_host(Experiment()) is None
 
 
 def test_negative_cpu_devices_is_an_error():
-    c = base_config()
-    c.mesh.cpu_devices = -1
+    from jaxgen import settings
+    with pytest.raises(UsageError, match="cpu_devices must be >= 0"):
+        settings.update(Experiment(), {"mesh.cpu_devices": -1})
     with pytest.raises(ValueError, match="cpu_devices must be >= 0"):
-        host.configure_cpu_host(c)
+        MeshConfig(cpu_devices=-1)
 
 
 SCRIPT = """
 import os, jax
-from jaxgen.config import base_config
+from jaxgen import settings
+from jaxgen.config import Experiment
 from jaxgen.train import host
-c = base_config()
-c.data.batch_size, c.data.eval_batch_size = 12, 64
-c.mesh.cpu_devices = {n}
+c = settings.update(Experiment(), {{"data.batch_size": 12, "data.eval_batch_size": 64,
+                                    "mesh.cpu_devices": {n}}})
 n = host.configure_cpu_host(c)
 print(n, len(jax.devices()), os.environ.get("NPROC", "-"), os.environ.get("XLA_FLAGS", ""))
 """

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxgen.nn import kernels
-from jaxgen.nn.kernels import attention, auto, reference_attention
+from jaxgen.nn.kernels import attention, choose_kernel, dispatch, reference_attention
 from jaxgen.nn.kernels.chunked import block_plan, chunked_attention
 
 # (B, Tq, Tk, N, K, H, causal, mask kind)
@@ -65,7 +65,7 @@ def _assert_matches(kernel_fn, case, atol=2e-5, **kw):
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("kernel", ["xla", "chunked"])
+@pytest.mark.parametrize("kernel", ["xla", "short", "chunked"])
 def test_kernel_matches_reference(kernel, case):
     _assert_matches(lambda *a, **kw: attention(*a, kernel=kernel, **kw), case)
 
@@ -147,11 +147,12 @@ def test_unknown_kernel_lists_valid_names():
         attention(q, q, q, kernel="flash")
 
 
-@pytest.mark.parametrize("t,causal,expected", [(16, False, "xla"), (512, True, "chunked")])
+@pytest.mark.parametrize("t,causal,expected", [(16, False, "short"), (16, True, "short"),
+                                               (512, True, "chunked")])
 def test_auto_on_cpu_returns_reference_values(t, causal, expected):
     r = np.random.default_rng(1)
     q, k, v = (jnp.asarray(r.normal(size=(1, t, 2, 8)), jnp.float32) for _ in range(3))
-    assert auto.choose_kernel(q, k, causal=causal, mask=None) == expected
+    assert choose_kernel(q, k, causal=causal, mask=None) == expected
     got = jax.jit(lambda q, k, v: attention(q, k, v, causal=causal))(q, k, v)
     want = jax.jit(lambda q, k, v: reference_attention(q, k, v, causal=causal))(q, k, v)
     np.testing.assert_allclose(got, want, atol=2e-5)
@@ -161,9 +162,9 @@ def test_auto_on_gpu_prefers_cudnn_and_logs_each_fallback_once(caplog):
     bf16 = jax.ShapeDtypeStruct((1, 256, 4, 64), jnp.bfloat16)
     f32 = jax.ShapeDtypeStruct((1, 256, 4, 64), jnp.float32)
     odd = jax.ShapeDtypeStruct((1, 100, 4, 64), jnp.float32)
-    choose = lambda q, **kw: auto.choose_kernel(q, q, causal=True, platform="gpu", **kw)  # noqa
-    auto._logged.clear()
-    with caplog.at_level(logging.INFO, logger=auto.__name__):
+    choose = lambda q, **kw: choose_kernel(q, q, causal=True, platform="gpu", **kw)  # noqa
+    dispatch._logged.clear()
+    with caplog.at_level(logging.INFO, logger=dispatch.__name__):
         assert choose(bf16, mask=None) == "cudnn"
         assert choose(f32, mask=None) == "pallas"
         assert choose(f32, mask=None) == "pallas"
@@ -177,11 +178,11 @@ def test_auto_on_gpu_prefers_cudnn_and_logs_each_fallback_once(caplog):
 
 
 def test_kernel_names_are_public():
-    assert set(kernels.KERNELS) == {"auto", "reference", "xla", "cudnn", "chunked", "cpu_flash",
-                                    "pallas"}
+    assert set(kernels.KERNELS) == {"auto", "reference", "xla", "cudnn", "short", "chunked",
+                                    "cpu_flash", "pallas"}
 
 
-@pytest.mark.parametrize("kernel", ["reference", "xla", "chunked", "cpu_flash"])
+@pytest.mark.parametrize("kernel", ["reference", "xla", "short", "chunked", "cpu_flash"])
 @pytest.mark.parametrize("k_shape,v_shape,message", [
     ((1, 8, 2, 16), (1, 8, 2, 32), r"needs q \[B,Tq,N,H\] and k, v \[B,Tk,K,H\]"),
     ((1, 8, 3, 16), (1, 8, 3, 16), r"query heads \(4\) must be a multiple of key/value heads \(3\)"),

@@ -8,7 +8,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxgen.nn.kernels import attention, auto, reference_attention, shard_attention
+from jaxgen.nn.kernels import attention, choose_kernel, reference_attention, shard_attention
 from jaxgen.nn.kernels.pallas import block_size
 
 COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "collective-permute", "reduce-scatter")
@@ -95,12 +95,12 @@ def test_pallas_rounded_block_gives_reference_values():
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_auto_on_tpu_uses_xla_not_the_cpu_kernel(dtype):
     q = jax.ShapeDtypeStruct((2, 4096, 8, 128), dtype)
-    assert auto.choose_kernel(q, q, causal=True, mask=None, platform="tpu") == "xla"
+    assert choose_kernel(q, q, causal=True, mask=None, platform="tpu") == "xla"
 
 
 def test_auto_on_gpu_rejects_blocks_the_gpu_cannot_tile():
     q = jax.ShapeDtypeStruct((1, 24, 4, 64), jnp.float32)  # 24: power-of-two factor 8 < 16
-    assert auto.choose_kernel(q, q, causal=True, mask=None, platform="gpu") == "xla"
+    assert choose_kernel(q, q, causal=True, mask=None, platform="gpu") == "xla"
 
 
 def test_chunked_default_split_keeps_whole_shards_per_device():

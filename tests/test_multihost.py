@@ -36,9 +36,8 @@ def _workers(tmp_path, workdir, out, steps):
 
 
 def _one_process(workdir, steps):
-    config = toy.toy_config(steps=steps)
-    config.mesh.data = 1
-    config.optim.schedule = "constant"  # as the workers: runs of different lengths agree
+    # as the workers: runs of different lengths agree
+    config = toy.with_(toy.toy_config(steps=steps), **{"mesh.data": 1, "optim.schedule": "constant"})
     return loop.train(config, str(workdir), family=toy.make_family,
                       datasets=toy.toy_datasets(config), devices=jax.devices()[:1], progress=False)
 

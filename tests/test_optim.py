@@ -11,8 +11,8 @@ from jaxgen.train.optim import OptimConfig, make_optimizer, make_schedule, muon_
 
 
 def test_warmup_cosine_schedule_closed_form():
-    cfg = OptimConfig(lr=1e-3, warmup_steps=10, total_steps=110, end_lr_factor=0.1)
-    sched = make_schedule(cfg)
+    cfg = OptimConfig(lr=1e-3, warmup_steps=10, end_lr_factor=0.1)
+    sched = make_schedule(cfg, 110)
     assert float(sched(0)) == 0.0
     assert float(sched(5)) == pytest.approx(5e-4)
     for t in (10, 35, 60, 110):
@@ -46,7 +46,7 @@ def test_muon_update_of_a_matrix_is_orthogonalised():
     v, _ = np.linalg.qr(rng.normal(size=(24, 8)))
     grads["block"]["qkv"]["kernel"] = jnp.asarray(u @ np.diag(np.geomspace(1, 10, 8)) @ v.T,
                                                   jnp.float32)
-    tx = make_optimizer(OptimConfig(name="muon", lr=0.02, adam_lr=1e-3, schedule="constant"))
+    tx = make_optimizer(OptimConfig(name="muon", lr=0.02, adam_lr=1e-3, schedule="constant"), 10)
     updates, _ = tx.update(grads, tx.init(params), params)
     s_grad = np.linalg.svd(np.asarray(grads["block"]["qkv"]["kernel"]), compute_uv=False)
     s_upd = np.linalg.svd(np.asarray(updates["block"]["qkv"]["kernel"]), compute_uv=False)
@@ -59,6 +59,24 @@ def test_muon_update_of_a_matrix_is_orthogonalised():
 
 
 def test_config_strings_become_typed_fields():
-    cfg = OptimConfig.from_config({"name": "muon", "muon_exclude": "embedding,head,pos",
-                                   "muon_ns_steps": 3, "unrelated": 1})
+    from jaxgen import settings
+    cfg = settings.apply_overrides(OptimConfig(), ["name=muon", "muon_exclude=embedding,head,pos",
+                                                   "muon_ns_steps=3"])
     assert cfg.muon_exclude == ("embedding", "head", "pos") and cfg.muon_ns_steps == 3
+
+
+def test_muon_splits_multi_axis_kernels_by_their_logical_axes():
+    """q [D, N, H] is one [D, N*H] matrix; kv [D, 2, K, H] is two (k and v); an attention
+    output [N, H, D] reduces over (N, H); scanned layers stack matrices on a batch axis."""
+    from jax.sharding import PartitionSpec as P
+    params = {"q": jnp.zeros((8, 2, 4)), "kv": jnp.zeros((8, 2, 2, 4)),
+              "out": jnp.zeros((2, 4, 8)), "wi": jnp.zeros((3, 8, 2, 16)),
+              "embedding": jnp.zeros((10, 8)), "scale": jnp.zeros(8)}
+    axes = {"q": P("embed", "heads", "kv"), "kv": P("embed", None, "kv_heads", "kv"),
+            "out": P("heads", "kv", "embed"), "wi": P("layers", "embed", None, "mlp"),
+            "embedding": P("vocab", "embed"), "scale": P("norm")}
+    dims = muon_dimension_numbers(params, ("embedding",), axes)
+    m = optax.contrib.MuonDimensionNumbers
+    assert dims["q"] == m((0,), (1, 2)) and dims["kv"] == m((0,), (2, 3))
+    assert dims["out"] == m((0, 1), (2,)) and dims["wi"] == m((1,), (3,))
+    assert dims["embedding"] is None and dims["scale"] is None

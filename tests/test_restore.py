@@ -46,8 +46,8 @@ def test_structure_change_is_a_usage_error_and_changes_nothing(tmp_path):
     w = tmp_path / "w"
     _train(toy.toy_config(steps=3), w)
     before = (open(w / "config.json").read(), open(w / "metrics.jsonl").read())
-    changed = toy.toy_config(steps=6)
-    changed.optim.clip_norm = 1.0  # one more optax transform: another opt_state structure
+    # one more optax transform: another opt_state structure
+    changed = toy.with_(toy.toy_config(steps=6), **{"optim.clip_norm": 1.0})
     with pytest.raises(ckpt_lib.StateMismatch, match=r"opt_state.*optim\.clip_norm: 0\.0 -> 1\.0"):
         _train(changed, w)
     assert (open(w / "config.json").read(), open(w / "metrics.jsonl").read()) == before
@@ -175,11 +175,8 @@ def test_issue_bug_command_resumes_instead_of_starting_over(tmp_path):
     (dict(data=1, fsdp=8), dict(data=2)), (dict(data=2), dict(data=1, fsdp=8))])
 def test_resume_onto_another_mesh(tmp_path, saved_mesh, resumed_mesh):
     def config(steps, mesh):
-        c = toy.toy_config(steps=steps)
-        c.optim.schedule = "constant"
-        for k, v in mesh.items():
-            c.mesh[k] = v
-        return c
+        return toy.with_(toy.toy_config(steps=steps), **{"optim.schedule": "constant"},
+                         **{f"mesh.{k}": v for k, v in mesh.items()})
     n_saved = 8 if saved_mesh.get("fsdp", 1) == 8 else 2
     n_resumed = 8 if resumed_mesh.get("fsdp", 1) == 8 else 2
     _train(config(3, saved_mesh), tmp_path / "w", devices=jax.devices()[:n_saved])
@@ -284,7 +281,7 @@ def test_bpe_run_samples_the_same_text_after_its_training_file_is_deleted(tmp_pa
     assert after.returncode == 0, after.stderr
     assert (tmp_path / "a.txt").read_text() == (tmp_path / "b.txt").read_text()
     wrong = _cli("sample", "--workdir", w, "--num", "2", "--out", str(tmp_path / "c.png"))
-    assert wrong.returncode == 2 and "name a .txt file" in wrong.stderr
+    assert wrong.returncode == 2 and "name a .txt or .npz file" in wrong.stderr
 
 
 def test_extending_a_run_follows_the_new_lengths_schedule_from_the_restored_step(tmp_path):
@@ -314,3 +311,49 @@ def test_extending_a_run_follows_the_new_lengths_schedule_from_the_restored_step
         s3, _ = short.train_step(s3, mesh_lib.global_batch(next(data.train), short.batch_sharding))
     assert max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
                for a, b in zip(jax.tree.leaves(s3.params), jax.tree.leaves(state.params))) > 1e-6
+
+
+def test_a_restore_onto_a_sharding_or_shape_it_cannot_take_is_raised_not_a_fallback(tmp_path,
+                                                                                   caplog):
+    """Errors that are not damage (a sharding the mesh cannot split the saved array into, a
+    shape the config builds differently) stop the restore: no checkpoint is taken for damaged
+    and nothing falls back to an older step."""
+    import logging
+
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    w = tmp_path / "w"
+    config = toy.toy_config(steps=6)
+    _train(config, w)
+    run = loop.build(config, family=toy.make_family, datasets=toy.toy_datasets(config))
+    ckpt = ckpt_lib.Checkpointer(str(w), async_save=False)
+    # the bias [12] of the output layer split 8 ways over "data": 12 is not divisible by 8
+    bias = lambda s: s.params["params"]["Dense_1"]["bias"]  # noqa: E731
+    leaf = bias(run.abstract_state)
+    bad = jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=NamedSharding(run.mesh, P("data")))
+    target = jax.tree.map(lambda x: bad if x is leaf else x, run.abstract_state)
+    with caplog.at_level(logging.WARNING, logger="jaxgen"):
+        with pytest.raises(ValueError, match="divisible|partitioned"):
+            ckpt.restore(target)
+        shape = jax.ShapeDtypeStruct((13,), leaf.dtype, sharding=leaf.sharding)
+        with pytest.raises(ckpt_lib.StateMismatch, match="changed shape"):
+            ckpt.restore(jax.tree.map(lambda x: shape if x is leaf else x, run.abstract_state))
+    ckpt.close()
+    assert "damaged" not in caplog.text
+    assert _ckpt_steps(w) == [3, 6]
+    assert loop.restore_latest(run, str(w))[0] == 6  # the right target still restores step 6
+
+
+def test_a_missing_or_resized_file_is_damage_named_in_the_warning(tmp_path, caplog):
+    import logging
+
+    w = tmp_path / "w"
+    config = toy.toy_config(steps=6)
+    _train(config, w)
+    record = json.load(open(w / "checkpoints" / "6" / ckpt_lib.FILES))
+    victim = max(record, key=record.get)  # the largest file: array data
+    os.remove(w / "checkpoints" / "6" / victim)
+    run = loop.build(config, family=toy.make_family, datasets=toy.toy_datasets(config))
+    with caplog.at_level(logging.WARNING, logger="jaxgen"):
+        assert loop.restore_latest(run, str(w))[0] == 3
+    assert f"its file {victim} is missing" in caplog.text

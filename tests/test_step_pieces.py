@@ -5,6 +5,7 @@ import numpy as np
 import optax
 import pytest
 
+from jaxgen.config import TrainConfig
 from jaxgen.errors import UsageError
 from jaxgen.train.step import EMAConfig, all_finite, apply_gradients, ema_update
 
@@ -28,7 +29,7 @@ def test_ema_warmup_schedule():
         assert float(cfg.decay_at(jnp.asarray(t))) == pytest.approx(min(0.999, (1 + t) / (10 + t)),
                                                                     rel=1e-6)
     assert float(EMAConfig(0.99).decay_at(jnp.asarray(0))) == pytest.approx(0.99)
-    assert EMAConfig.from_config({"ema_decay": 0.0}) is None
+    assert EMAConfig.from_train(TrainConfig(ema_decay=0.0)) is None
     with pytest.raises(UsageError, match="ema_decay"):
         EMAConfig(1.5)
 

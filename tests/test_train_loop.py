@@ -69,20 +69,16 @@ def test_corrupt_latest_checkpoint_falls_back_with_warning(tmp_path, caplog):
 def test_workdir_of_another_experiment_is_refused(tmp_path):
     config = toy.toy_config(steps=2)
     _train(config, tmp_path / "w")
-    other = toy.toy_config(steps=2)
-    other.experiment = "toy:other"
+    other = toy.with_(toy.toy_config(steps=2), experiment="toy:other")
     with pytest.raises(ValueError, match="belongs to experiment 'toy:default'"):
         _train(other, tmp_path / "w")
 
 
 @pytest.mark.parametrize("mesh_cfg", [dict(data=8), dict(data=1, fsdp=8), dict(data=2, fsdp=4)])
 def test_sharded_training_equals_single_device(tmp_path, mesh_cfg):
-    one = toy.toy_config(steps=3)
-    one.mesh.data = 1
+    one = toy.with_(toy.toy_config(steps=3), **{"mesh.data": 1})
     ref = _train(one, tmp_path / "one", devices=jax.devices()[:1])
-    many = toy.toy_config(steps=3)
-    for k, v in mesh_cfg.items():
-        many.mesh[k] = v
+    many = toy.with_(toy.toy_config(steps=3), **{f"mesh.{k}": v for k, v in mesh_cfg.items()})
     out = _train(many, tmp_path / "many")
     assert _max_diff(ref.params, out.params) < 1e-5
     kernel = out.params["params"]["Dense_0"]["kernel"]
@@ -92,19 +88,16 @@ def test_sharded_training_equals_single_device(tmp_path, mesh_cfg):
 
 
 def test_gradient_accumulation_equals_big_batch(tmp_path):
-    big = toy.toy_config(steps=2)
-    acc = toy.toy_config(steps=2)
-    for c in (big, acc):
-        c.model.noise = 0.0  # micro-batches draw their own noise: compare the deterministic model
-    acc.optim.grad_accum = 4
+    # micro-batches draw their own noise: compare the deterministic model
+    big = toy.with_(toy.toy_config(steps=2), **{"model.noise": 0.0})
+    acc = toy.with_(big, **{"optim.grad_accum": 4})
     a = _train(big, tmp_path / "a")
     b = _train(acc, tmp_path / "b")
     assert _max_diff(a.params, b.params) < 1e-5
 
 
 def test_batch_not_divisible_by_devices_is_an_error(tmp_path):
-    config = toy.toy_config(steps=1)
-    config.data.batch_size = 12
+    config = toy.with_(toy.toy_config(steps=1), **{"data.batch_size": 12})
     with pytest.raises(ValueError, match="not divisible by the 8 data-parallel devices"):
         _train(config, tmp_path / "w")
 

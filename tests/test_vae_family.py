@@ -2,34 +2,29 @@
 import os
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
-from jaxgen.config import base_config
-from jaxgen.models.vae import VAE, VAEConfig, make_family
+from jaxgen import settings
+from jaxgen.errors import UsageError
+from jaxgen.models.vae import VAE, VAEConfig, VAEFamily, VAEExperiment
+
+make_family = VAEFamily
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments"))
 import vae_mnist  # noqa: E402
 
 
 def _config(**model):
-    c = base_config()
-    c.family = "vae"
-    c.model.latent_dim = 3
-    c.model.hidden = (16,)
-    c.model.channels = (4, 8)
-    c.model.dense = 8
-    for k, v in model.items():
-        c.model[k] = v
-    c.optim.lr = 1e-2
-    c.optim.schedule = "constant"
-    c.train.steps = 20
-    c.eval.iwae_k = 10
-    c.eval.iwae_chunk = 4
-    return c
+    changes = {"model.latent_dim": 3, "model.hidden": (16,), "model.channels": (4, 8),
+               "model.dense": 8, "model.shift": 0, "optim.lr": 1e-2,
+               "optim.schedule": "constant", "train.steps": 20, "eval.iwae_k": 10,
+               "eval.iwae_chunk": 4, **{f"model.{k}": v for k, v in model.items()}}
+    return settings.update(VAEExperiment(), changes)
 
 
 def _images(n, shape=(8, 8, 1), seed=0):
@@ -51,7 +46,7 @@ def test_variants_init_and_apply_on_any_image_shape(arch, shape, likelihood, p):
 
     @jax.jit
     def run(x):
-        params = model.init(jax.random.PRNGKey(0), x)
+        params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), x))
         return (model.apply(params, x, method=VAE.encode),
                 model.apply(params, jnp.zeros((5, 3)), method=VAE.decode))
 
@@ -62,12 +57,15 @@ def test_variants_init_and_apply_on_any_image_shape(arch, shape, likelihood, p):
 
 
 def test_bad_model_config_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown model.encoder 'rnn'"):
-        VAEConfig(encoder="rnn")
-    with pytest.raises(ValueError, match="unknown VAE model keys \\['widht'\\]"):
-        VAEConfig.from_config({"widht": 3}, (8, 8, 1))
-    with pytest.raises(ValueError, match="needs image data"):
+    with pytest.raises(UsageError, match="model.encoder: Input should be 'mlp' or 'conv'"):
+        settings.update(VAEExperiment(), {"model.encoder": "rnn"})
+    with pytest.raises(UsageError, match="did you mean 'model.hidden'"):
+        settings.update(VAEExperiment(), {"model.hiden": (3,)})
+    with pytest.raises(UsageError, match="needs image data"):
         make_family(_config(), {"kind": "text", "vocab_size": 5})
+    with pytest.raises(UsageError, match="model.image_shape=\\(8, 8, 1\\) disagrees"):
+        make_family(settings.update(_config(), {"model.image_shape": (8, 8, 1)}),
+                    {"kind": "image", "shape": (28, 28, 1)})
 
 
 @pytest.mark.parametrize("arch, objective, samples", [("mlp", "iwae", 3), ("conv", "elbo", 1)])
@@ -88,8 +86,7 @@ def test_training_lowers_the_loss_on_a_fixed_batch(arch, objective, samples):
 
 
 def test_eval_sums_ignore_padding_and_use_the_ema():
-    c = _config()
-    c.train.ema_decay = 0.5
+    c = settings.update(_config(), {"train.ema_decay": 0.5})
     fam = make_family(c, {"kind": "image", "shape": (8, 8, 1)})
     x = _images(6)
     state = jax.jit(fam.init_state)(jax.random.PRNGKey(0), {"image": x})

@@ -8,11 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgen.config import base_config
-from jaxgen.models.base import Family
-from jaxgen.train.optim import OptimConfig, make_optimizer
+from jaxgen import settings
+from jaxgen.config import DataConfig, Experiment, TrainConfig, field
+from jaxgen.models.base import LossFamily
 from jaxgen.train.state import create_state
-from jaxgen.train.step import EMAConfig, make_train_step
 
 DIM = 12
 
@@ -104,49 +103,66 @@ class AE(nn.Module):
         return nn.Dense(DIM)(nn.tanh(h))
 
 
-def make_family(config, data_info) -> Family:
-    model = AE(noise=config.model.get("noise", 0.01))
-    tx = make_optimizer(dataclasses.replace(OptimConfig.from_config(config.optim),
-                                            total_steps=int(config.train.steps)))
+@dataclasses.dataclass(frozen=True)
+class ToyModel:
+    """Attributes:
+      noise: the hidden layer's noise.
+    """
 
-    def loss_fn(params, batch, rng, step):
-        err = model.apply(params, batch["x"], rng) - batch["x"]
+    noise: float = 0.01
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyExperiment(Experiment):
+    family: str = "toy:ToyFamily"
+    model: ToyModel = field(ToyModel)
+
+
+class ToyFamily(LossFamily):
+    """A tiny noisy autoencoder (no logical axes: the trainer's FSDP size rule shards it)."""
+
+    name = "toy"
+    settings = ToyExperiment
+    sample_suffix = ".npy"
+
+    @property
+    def model(self):
+        return AE(noise=self.config.model.noise)
+
+    def init_params(self, rng):
+        raise NotImplementedError  # no logical axes: state_specs' size rule applies
+
+    def init_state(self, rng, batch):
+        params = self.model.init(rng, batch["x"], rng)
+        return create_state(params, self.tx, rng, ema=self.ema is not None)
+
+    def loss_fn(self, params, batch, rng, step):
+        err = self.model.apply(params, batch["x"], rng) - batch["x"]
         loss = jnp.mean(jnp.sum(err ** 2, -1))
         return loss, {"mse": loss}
 
-    ema = EMAConfig.from_config(config.train)
-
-    def init_state(rng, batch):
-        params = model.init(rng, batch["x"], rng)
-        return create_state(params, tx, rng, ema=ema is not None)
-
-    def eval_step(state, batch):
-        err = model.apply(state.params, batch["x"], jax.random.PRNGKey(0)) - batch["x"]
+    def eval_step(self, state, batch):
+        err = self.model.apply(state.params, batch["x"], jax.random.PRNGKey(0)) - batch["x"]
         return {"mse": jnp.sum(jnp.sum(err ** 2, -1) * batch["mask"]), "count": batch["mask"].sum()}
 
-    def sample(state, rng, n, options=None):
+    def sample(self, state, rng, n, options=None):
         return jax.random.normal(rng, (n, DIM))
 
-    def save_samples(samples, path):
+    def save_samples(self, samples, path):
         np.save(path, samples)
         return [path]
 
-    return Family("toy", init_state, make_train_step(loss_fn, tx, grad_accum=config.optim.grad_accum, ema=ema),
-                  eval_step, sample, save_samples, sample_suffix=".npy")
+
+make_family = ToyFamily
 
 
-def toy_config(steps=6, **train):
-    c = base_config()
-    c.experiment = "toy:default"
-    c.family = "toy"
-    c.data.batch_size = 16
-    c.data.eval_batch_size = 8
-    c.train.steps = steps
-    c.train.log_every = 2
-    c.train.eval_every = 0
-    c.train.ckpt_every = 3
-    c.train.num_samples = 4
-    c.train.async_ckpt = False
-    for k, v in train.items():
-        c.train[k] = v
-    return c
+def toy_config(steps=6, **train) -> ToyExperiment:
+    c = ToyExperiment(experiment="toy:default", data=DataConfig(batch_size=16, eval_batch_size=8),
+                      train=TrainConfig(steps=steps, log_every=2, eval_every=0, ckpt_every=3,
+                                        num_samples=4, async_ckpt=False))
+    return with_(c, **{f"train.{k}": v for k, v in train.items()})
+
+
+def with_(config, **changes):
+    """``config`` with {"dotted.key": value} changes (the frozen settings' update)."""
+    return settings.update(config, changes)

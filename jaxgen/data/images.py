@@ -123,7 +123,7 @@ def npz_images(path: str, eval_path: str = "", eval_fraction: float = 0.1) -> Im
                        _scale_of(images))
 
 
-IMAGE_SOURCES = ("mnist_embedded", "digits", "tfds", "npz")
+from jaxgen.config import IMAGE_SOURCES  # noqa: E402  (re-exported)
 
 
 def load_image_splits(data: Any) -> ImageSplits:
@@ -134,12 +134,11 @@ def load_image_splits(data: Any) -> ImageSplits:
     if src == "digits":
         return sklearn_digits()
     if src == "tfds":
-        if not data.get("name"):
+        if not data.name:
             raise ValueError("data.source='tfds' needs data.name (e.g. mnist, cifar10)")
-        return tfds_images(data.name, data.get("train_split", "train"),
-                           data.get("eval_split", "test"), data.get("data_dir", ""))
+        return tfds_images(data.name, data.train_split, data.eval_split, data.data_dir)
     if src == "npz":
-        if not data.get("path"):
+        if not data.path:
             raise ValueError("data.source='npz' needs data.path=FILE.npz")
-        return npz_images(data.path, data.get("eval_path", ""), float(data.get("eval_fraction", 0.1)))
+        return npz_images(data.path, data.eval_path, data.eval_fraction)
     raise ValueError(f"unknown image data source {src!r}; choose one of {', '.join(IMAGE_SOURCES)}")

@@ -156,7 +156,7 @@ def _image_batcher(images: np.ndarray, labels: np.ndarray, scale: float, binariz
 
 def image_datasets(data: Any, process_index: int, process_count: int) -> Datasets:
     splits = images_lib.load_image_splits(data)
-    binarize = data.get("binarize", "none")
+    binarize = data.binarize
     train_make = _image_batcher(splits.train_images, splits.train_labels, splits.scale, binarize)
     eval_make = _image_batcher(splits.eval_images, splits.eval_labels, splits.scale, binarize)
     train = train_iterator(len(splits.train_images), train_make, int(data.batch_size),
@@ -165,7 +165,7 @@ def image_datasets(data: Any, process_index: int, process_count: int) -> Dataset
             "num_train": len(splits.train_images), "num_eval": len(splits.eval_images),
             "num_classes": int(max(splits.train_labels.max(initial=-1),
                                    splits.eval_labels.max(initial=-1)) + 1),
-            "source": str(data.get("source", ""))}
+            "source": str(data.source)}
     return Datasets(train, lambda: eval_iterator(len(splits.eval_images), eval_make,
                                                  int(data.eval_batch_size), process_index,
                                                  process_count), info)
@@ -173,16 +173,15 @@ def image_datasets(data: Any, process_index: int, process_count: int) -> Dataset
 
 def text_datasets(data: Any, process_index: int, process_count: int) -> Datasets:
     text = text_lib.load_text(data)
-    tok = make_tokenizer(data.get("tokenizer", "char"), text, int(data.get("vocab_size", 0)),
-                         data.get("tokenizer_path", ""))
-    train_text, val_text = text_lib.split_text(text, float(data.get("val_fraction", 0.1)))
+    tok = make_tokenizer(data.tokenizer, text, data.vocab_size, data.tokenizer_path)
+    train_text, val_text = text_lib.split_text(text, data.val_fraction)
     train_tokens, val_tokens = tok.encode(train_text), tok.encode(val_text)
     seq_len = int(data.seq_len)
     if seq_len < 1:
         raise ValueError(f"data.seq_len must be positive, got {seq_len}")
     seed = int(data.seed)
     windows = text_lib.eval_windows(val_tokens, seq_len + 1)
-    n_eval_batches = int(data.get("eval_batches", 0))
+    n_eval_batches = int(data.eval_batches)
     if n_eval_batches > 0:
         windows = windows[:n_eval_batches * int(data.eval_batch_size)]
     train = train_iterator(
@@ -233,13 +232,12 @@ def info_datasets(config: Any, info: dict) -> Datasets:
     info = dict(info)
     n = int(config.data.eval_batch_size)
     if info.get("kind") == "text":
-        path = str(config.data.get("tokenizer_path", ""))
-        if config.data.get("tokenizer", "char") != "byte":
+        path = str(config.data.tokenizer_path)
+        if config.data.tokenizer != "byte":
             if not path or not os.path.exists(path):
                 raise ValueError(f"the run's tokenizer file {path!r} is missing; it is needed to "
                                  "sample without the training text")
-        info["tokenizer"] = make_tokenizer(config.data.get("tokenizer", "char"), "",
-                                           int(config.data.get("vocab_size", 0)), path)
+        info["tokenizer"] = make_tokenizer(config.data.tokenizer, "", config.data.vocab_size, path)
         batch = {"tokens": np.zeros((n, int(info["seq_len"]) + 1), np.int32)}
     else:
         info["shape"] = tuple(info["shape"])

@@ -15,7 +15,7 @@ import numpy as np
 
 from jaxgen.data import tfds_source
 
-TEXT_SOURCES = ("text_file", "tfds_text", "stdlib")
+from jaxgen.config import TEXT_SOURCES  # noqa: E402  (re-exported)
 
 
 def read_text_file(path: str) -> str:
@@ -75,14 +75,14 @@ def stdlib_text(max_chars: int = 5_000_000) -> str:
 def load_text(data: Any) -> str:
     """Dispatches on ``data.source`` (one of :data:`TEXT_SOURCES`)."""
     src = data.source
-    max_chars = int(data.get("max_chars", 0))
-    if src == "text_file" or (src == "tfds_text" and data.get("path")):
+    max_chars = int(data.max_chars)
+    if src == "text_file" or (src == "tfds_text" and data.path):
         # A local file named by data.path wins over TFDS (same text, no preparation needed).
-        if not data.get("path"):
+        if not data.path:
             raise ValueError("data.source='text_file' needs data.path=FILE")
         text = read_text_file(data.path)
     elif src == "tfds_text":
-        text = tfds_text(data.get("name", "tiny_shakespeare"), data.get("data_dir", ""), max_chars)
+        text = tfds_text(data.name, data.data_dir, max_chars)
     elif src == "stdlib":
         text = stdlib_text(max_chars or 5_000_000)
     else:

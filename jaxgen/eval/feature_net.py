@@ -158,8 +158,8 @@ def _optimizer_and_step(cfg: FeatureNetConfig, total_steps: int):
     """The Optax chain and the jitted train step (seed-free: runs differing only in their seed
     share one compilation)."""
     tx = make_optimizer(OptimConfig(name="adamw", lr=cfg.lr, warmup_steps=cfg.warmup_steps,
-                                    total_steps=total_steps, end_lr_factor=0.01,
-                                    weight_decay=cfg.weight_decay))
+                                    end_lr_factor=0.01, weight_decay=cfg.weight_decay),
+                        total_steps)
     return tx, jax.jit(make_train_step(_make_loss_fn(cfg), tx), donate_argnums=0)
 
 

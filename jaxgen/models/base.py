@@ -1,7 +1,10 @@
-"""The one interface every model family implements.
+"""The one interface every model family implements: :class:`Family`.
 
-A family module exposes ``make_family(config, data_info) -> Family``. The training loop, the CLI
-and the benchmarks only ever talk to a :class:`Family`; they never branch on which family it is.
+A family is a plain object built from its experiment settings and the data's info,
+``Family(config, data_info)``, whose methods are the pure functions the trainer jits. The
+training loop, the CLI and the benchmarks only ever talk to a :class:`Family`; they never branch
+on which family it is. Research code passes its own subclass (or instance) to
+``jaxgen.train.loop.train``.
 
 Contract (shapes for a global batch of B examples):
   init_state(rng, sample_batch) -> TrainState
@@ -11,37 +14,42 @@ Contract (shapes for a global batch of B examples):
       pure, jitted by the loop with shardings and ``donate_argnums=0``; metrics are scalars.
       Built from the pieces of :mod:`jaxgen.train.step` (one loss: ``make_train_step``; a GAN
       composes ``loss_and_grads``, ``apply_gradients`` and ``ema_update`` itself).
-  eval_step(state, batch) -> metrics  (optional: None for families with no likelihood)
+  eval_step(state, batch) -> metrics  (None for families with no likelihood)
       pure; returns *sums* over the valid examples of the batch (``batch["mask"]`` is 1 for
       real examples, 0 for padding) plus ``"count"``; the loop sums and divides.
   sample(state, rng, n, options) -> samples
       pure and jittable with ``n`` and ``options`` static; returns an array (images in [0, 1],
       [n, H, W, C]; or tokens [n, T]). ``options`` is what ``sample_options`` returned.
   sample_options(**overrides) -> options
-      a hashable value (a frozen dataclass, or None) holding the sampler settings: the
-      experiment's ``sample`` config with ``overrides`` applied (sampler, steps, guidance, label,
-      temperature, which weights...). Invalid values raise a one-line ``UsageError``. This is how
-      sampler settings change at sampling time without rebuilding the family.
+      the experiment's ``sample`` settings with ``overrides`` applied and validated (a frozen,
+      hashable dataclass); a bad value is a one-line ``UsageError``. This is how sampler
+      settings change at sampling time without rebuilding the family.
   save_samples(samples, path) -> list[str]
-      host side: writes what ``sample`` produced (PNG grid, text) and returns the files written.
-  final_eval(state, batches) -> dict  (optional)
-      host-driven, expensive evaluation run by ``jaxgen eval`` (e.g. the IWAE bound with k=5000).
-  visualize(state, rng, batch, path_prefix) -> list[str]  (optional)
+      host side: writes what ``sample`` produced (PNG grid, text, .npz) and returns the files.
+  final_eval(state, batches) -> dict  (None when there is none)
+      host-driven, expensive evaluation run by ``jaxgen eval`` (e.g. the IWAE bound, k=5000).
+  visualize(state, rng, batch, path_prefix) -> list[str]  (None when there is none)
       extra figures (reconstructions, interpolations), written by ``jaxgen sample`` and at eval.
+  param_specs(abstract_params, mesh) -> PartitionSpecs of the parameters, from the logical axis
+      names every parameter carries (:mod:`jaxgen.nn.partitioning`).
   sample_kind: "image" (sample-quality metrics apply), "text" or "array".
   sample_eval_variants: {name: sample_options overrides} scored by sample-based evaluation;
       "" is the default (reported at the top level), others are nested under their name
-      (e.g. the GAN's {"": ema generator, "raw": raw generator}).
+      (e.g. the GAN's {"": EMA generator, "raw": raw generator}).
   ema_of(params) -> the subtree ``state.ema_params`` tracks (all params by default; the GAN's
       generator only).
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable, Hashable, Iterable, Mapping, Optional
+import os
+from typing import Any, Callable, ClassVar, Hashable, Mapping, Optional
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
+from jaxgen import settings
+from jaxgen.config import Experiment
 from jaxgen.errors import UsageError
 from jaxgen.train.state import TrainState
 
@@ -49,35 +57,174 @@ Batch = dict[str, Any]
 Metrics = dict[str, Any]
 
 
-@dataclasses.dataclass(frozen=True)
 class Family:
-    """A model family bound to one experiment config (see module docstring)."""
+    """A model family bound to one experiment (see the module docstring for the contract).
 
-    name: str
-    init_state: Callable[[jax.Array, Batch], TrainState]
-    train_step: Callable[[TrainState, Batch], tuple[TrainState, Metrics]]
-    eval_step: Optional[Callable[[TrainState, Batch], Metrics]]
-    sample: Callable[[TrainState, jax.Array, int, Hashable], Any]
-    save_samples: Callable[[Any, str], list[str]]
-    final_eval: Optional[Callable[[TrainState, Iterable[Batch]], dict[str, float]]] = None
-    visualize: Optional[Callable[[TrainState, jax.Array, Batch, str], list[str]]] = None
-    # File suffix of what save_samples writes (".png" grids, ".txt" for text).
-    sample_suffix: str = ".png"
-    # Optional: PartitionSpecs for params (e.g. from logical axes); None = FSDP heuristic.
-    param_specs: Optional[Callable[[Any], Any]] = None
-    sample_options: Callable[..., Hashable] = dataclasses.field(default=None)  # type: ignore[assignment]
-    sample_kind: str = "image"
-    sample_eval_variants: Mapping[str, Mapping[str, Any]] = dataclasses.field(
-        default_factory=lambda: {"": {}})
-    ema_of: Callable[[Any], Any] = lambda params: params
+    Subclasses set ``name`` and ``settings`` (the :class:`jaxgen.config.Experiment` subclass
+    they read) and implement ``init_state``, ``train_step`` and ``sample``; ``eval_step``,
+    ``final_eval`` and ``visualize`` are optional (None: not offered).
+    """
 
-    def __post_init__(self):
-        if self.sample_options is None:
-            object.__setattr__(self, "sample_options", no_sample_options)
+    name: ClassVar[str] = ""
+    settings: ClassVar[type] = Experiment
+    sample_suffix: ClassVar[str] = ".png"      # what save_samples writes by default
+    sample_kind: ClassVar[str] = "image"
+    sample_eval_variants: Mapping[str, Mapping[str, Any]] = {"": {}}
+    eval_step: Optional[Callable[[TrainState, Batch], Metrics]] = None
+    final_eval: Optional[Callable[..., dict]] = None
+    visualize: Optional[Callable[..., list]] = None
+
+    def __init__(self, config: Experiment, data_info: dict):
+        self.config = config
+        self.data_info = dict(data_info)
+
+    # ------------------------------------------------------------------ what subclasses add
+    def init_state(self, rng: jax.Array, sample_batch: Batch) -> TrainState:
+        raise NotImplementedError
+
+    def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        raise NotImplementedError
+
+    def sample(self, state: TrainState, rng: jax.Array, n: int, options: Hashable = None):
+        raise NotImplementedError
+
+    def init_params(self, rng: jax.Array) -> Any:
+        """The parameters as ``init`` returns them, logical-axis boxes included (shapes only
+        are needed: :meth:`param_specs` calls it under ``jax.eval_shape``). Families that
+        override it get rule-based sharding of every parameter."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ shared defaults
+    def check_sample_options(self, options: Any) -> Any:
+        """Validation of sample options against the model (a label out of range, ...)."""
+        return options
+
+    def sample_options(self, **overrides: Any) -> Hashable:
+        """The experiment's ``sample`` settings with ``overrides`` applied (validated)."""
+        base = self.config.sample
+        if overrides:
+            known = {f for f in getattr(base, "__dataclass_fields__", {})}
+            unknown = sorted(set(overrides) - known)
+            if unknown:
+                raise UsageError(f"unknown sample option(s) {', '.join(unknown)}; this "
+                                 f"{self.name or 'model'}'s sampler takes "
+                                 f"{', '.join(sorted(known)) or 'no options'}")
+            base = settings.replace(base, **overrides)
+        return self.check_sample_options(base)
+
+    def save_samples(self, samples: Any, path: str) -> list[str]:
+        """PNG grid (images) or .npz (``path`` ending in .npz, key ``images``/``samples``)."""
+        from jaxgen.train.images import save_image_grid
+
+        if path.endswith(".npz"):
+            return [save_npz(path, samples, "images" if self.sample_kind == "image" else
+                             "samples")]
+        return [save_image_grid(np.asarray(samples), path, ncols=self.grid_columns(len(samples)))]
+
+    def grid_columns(self, n: int) -> Optional[int]:
+        """Columns of a sample grid (None: square)."""
+        return None
+
+    def ema_of(self, params: Any) -> Any:
+        return params
+
+    def logical_axes(self) -> Optional[Any]:
+        """The parameters' logical axis names (a tree of PartitionSpecs, shapes only), or None
+        when the family gives no :meth:`init_params`."""
+        import flax.linen as nn
+
+        try:
+            return nn.get_partition_spec(jax.eval_shape(self.init_params, jax.random.PRNGKey(0)))
+        except NotImplementedError:
+            return None
+
+    def param_specs(self, abstract_params: Any, mesh: jax.sharding.Mesh) -> Optional[Any]:
+        """PartitionSpecs of the (unboxed) parameters from their logical axes, or None when the
+        family gives no :meth:`init_params` (the trainer then falls back to a size rule)."""
+        from jaxgen.nn import partitioning
+
+        try:
+            boxed = jax.eval_shape(self.init_params, jax.random.PRNGKey(0))
+        except NotImplementedError:
+            return None
+        return partitioning.mesh_specs(boxed, mesh)
 
 
-def no_sample_options(**overrides: Any) -> None:
-    """``sample_options`` of a family whose sampler has no settings."""
-    if overrides:
-        raise UsageError(f"this family's sampler takes no options, got {', '.join(sorted(overrides))}")
-    return None
+class LossFamily(Family):
+    """A family trained by one loss (the VAE, the LM, the diffusion model): a subclass gives
+    :meth:`init_params` and :meth:`loss_fn`; the optimizer (``config.optim`` over
+    ``config.train.steps`` updates), the EMA (``config.train.ema_decay``) and the one-loss step
+    of :func:`jaxgen.train.step.make_train_step` come from here."""
+
+    def __init__(self, config: Experiment, data_info: dict):
+        super().__init__(config, data_info)
+        from jaxgen.train.optim import make_optimizer
+        from jaxgen.train.step import EMAConfig, make_train_step
+
+        self.tx = make_optimizer(config.optim, config.train.steps, self.logical_axes())
+        self.ema = EMAConfig.from_train(config.train)
+        self._step = make_train_step(self.loss_fn, self.tx, grad_accum=config.optim.grad_accum,
+                                     ema=self.ema, ema_of=self.ema_of)
+
+    def loss_fn(self, params: Any, batch: Batch, rng: jax.Array, step: jax.Array
+                ) -> tuple[jax.Array, Metrics]:
+        """(mean loss over the batch, metrics) of ``params`` on ``batch``."""
+        raise NotImplementedError
+
+    def init_state(self, rng: jax.Array, sample_batch: Batch) -> TrainState:
+        """Step-0 state: parameters from one half of ``rng``, the steps' keys from the other."""
+        import flax.linen as nn
+
+        from jaxgen.train.state import create_state
+
+        k_params, k_steps = jax.random.split(rng)
+        params = nn.meta.unbox(self.init_params(k_params))
+        return create_state(params, self.tx, k_steps, ema=self.ema is not None)
+
+    def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        """One optimizer update of :meth:`loss_fn` (see ``make_train_step``)."""
+        return self._step(state, batch)
+
+
+def sampling_params(state: TrainState, weights: str = "ema") -> Any:
+    """The weights sampling and evaluation use: the EMA when asked for and kept, else raw."""
+    return state.ema_params if weights == "ema" and state.ema_params is not None else state.params
+
+
+def image_data(family: str, data_info: dict) -> tuple[tuple[int, ...], int]:
+    """(image shape (H, W, C), number of classes) of image data; UsageError otherwise."""
+    if data_info.get("kind", "image") != "image" or "shape" not in data_info:
+        raise UsageError(f"the {family} family needs image data with a 'shape', got kind "
+                         f"{data_info.get('kind')!r}")
+    return tuple(int(s) for s in data_info["shape"]), int(data_info.get("num_classes", 0) or 0)
+
+
+def sample_labels(num_classes: int, label: int, n: int) -> Optional[jax.Array]:
+    """Labels [n] of ``n`` samples: None (unconditional), ``label``, or i mod C when -1."""
+    if num_classes == 0:
+        return None
+    if label >= 0:
+        return jnp.full((n,), label, jnp.int32)
+    return jnp.arange(n, dtype=jnp.int32) % num_classes
+
+
+def check_label(num_classes: int, label: int) -> None:
+    """UsageError unless ``label`` is -1 or a class of a conditional model."""
+    if num_classes == 0 and label != -1:
+        raise UsageError(f"sample.label={label}: this model is unconditional (no class labels)")
+    if num_classes and not -1 <= label < num_classes:
+        raise UsageError(f"sample.label={label} is out of range: classes are "
+                         f"0..{num_classes - 1} (-1 cycles through all)")
+
+
+def save_npz(path: str, samples: Any, key: str) -> str:
+    """Writes samples to an .npz file atomically; returns ``path``."""
+    import io
+
+    from jaxgen.train.workdir import write_atomic
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    buf = io.BytesIO()
+    np.savez(buf, **{key: np.asarray(samples)})
+    write_atomic(path, buf.getvalue())
+    return path

@@ -11,7 +11,7 @@ so decoding stays functional (no mutable Flax collections) and stacks naturally 
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from jaxgen.nn import kernels
 from jaxgen.nn.kernels import attention  # noqa: F401  (re-exported: the attention function)
-from jaxgen.nn.layers import Dtype, Initializer, Linear
+from jaxgen.nn.layers import Initializer, dense_general, dtype_of
 
 KVCache = dict  # {"k": [B, S, K, H], "v": [B, S, K, H]}
 
@@ -44,25 +44,26 @@ def apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
 
 
 def init_cache(batch: int, length: int, num_kv_heads: int, head_dim: int,
-               dtype: Dtype = jnp.float32) -> KVCache:
+               dtype: Any = "float32") -> KVCache:
     """An empty (zero) cache for ``length`` positions."""
     shape = (batch, length, num_kv_heads, head_dim)
-    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+    return {"k": jnp.zeros(shape, dtype_of(dtype)), "v": jnp.zeros(shape, dtype_of(dtype))}
 
 
 class SelfAttention(nn.Module):
     """Causal multi-head self-attention, [B, T, D] -> [B, T, D].
 
-    The q, k and v projections are one fused [D, (N + 2K) H] matmul (one GEMM instead of three);
-    the output projection is [N H, D]. Call with ``cache=None`` for a full causal pass, or with a
-    cache and ``cache_index`` (int32 scalar: the position of x[:, 0]) to write this step's keys and
-    values at ``cache_index`` and attend over the cache with ``mask`` [T, S] (True = visible).
+    Projections (Flax ``DenseGeneral``, logical axes in brackets): queries [D, N, H]
+    (embed, heads, kv), keys and values together [D, 2, K, H] (embed, None, kv_heads, kv), the
+    output [N, H, D] (heads, kv, embed). Heads are an axis of every kernel, so splitting heads
+    over "tensor" never cuts a head or mixes q with k and v. Call with ``cache=None`` for a full
+    causal pass, or with a cache and ``cache_index`` (int32 scalar: the position of x[:, 0]) to
+    write this step's keys and values at ``cache_index`` and attend over the cache with
+    ``mask`` [T, S] (True = visible).
 
     Attributes:
       num_heads: N query heads. num_kv_heads: K key/value heads, N % K == 0.
-      head_dim: H. kernel: attention kernel name (see :data:`jaxgen.nn.kernels.KERNELS`); KV-cache
-        decoding, which needs a mask, uses ``auto`` when ``kernel`` takes none
-        (:data:`jaxgen.nn.kernels.MASKLESS_KERNELS`).
+      head_dim: H. kernel: the kernel of :func:`jaxgen.nn.kernels.attention`.
     """
 
     num_heads: int
@@ -70,22 +71,24 @@ class SelfAttention(nn.Module):
     head_dim: int
     use_bias: bool = False
     kernel: str = "auto"
+    kernel_init: Initializer = nn.initializers.normal(0.02)
     out_init: Initializer = nn.initializers.normal(0.02)
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
+    dtype: Any = "float32"
+    param_dtype: Any = "float32"
 
     @nn.compact
     def __call__(self, x: jax.Array, rope: Optional[tuple[jax.Array, jax.Array]] = None,
                  cache: Optional[KVCache] = None, mask: Optional[jax.Array] = None,
                  cache_index: Optional[jax.Array] = None) -> tuple[jax.Array, Optional[KVCache]]:
-        b, t, d = x.shape
         n, k, h = self.num_heads, self.num_kv_heads, self.head_dim
         if n % k:
             raise ValueError(f"num_heads ({n}) must be a multiple of num_kv_heads ({k})")
         kw = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
-        qkv = Linear((n + 2 * k) * h, ("embed", "heads"), name="qkv", **kw)(x)
-        q, kk, v = jnp.split(qkv, [n * h, (n + k) * h], axis=-1)
-        q, kk, v = q.reshape(b, t, n, h), kk.reshape(b, t, k, h), v.reshape(b, t, k, h)
+        q = dense_general((n, h), ("embed", "heads", "kv"), kernel_init=self.kernel_init,
+                          name="q", **kw)(x)
+        kv = dense_general((2, k, h), ("embed", None, "kv_heads", "kv"),
+                           kernel_init=self.kernel_init, name="kv", **kw)(x)
+        kk, v = kv[:, :, 0], kv[:, :, 1]
         if rope is not None:
             q, kk = apply_rope(q, *rope), apply_rope(kk, *rope)
         if cache is None:
@@ -95,8 +98,8 @@ class SelfAttention(nn.Module):
             start = (0, cache_index, 0, 0)
             new_cache = {"k": jax.lax.dynamic_update_slice(cache["k"], kk.astype(cache["k"].dtype), start),
                          "v": jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)}
-            decode = "auto" if self.kernel in kernels.MASKLESS_KERNELS else self.kernel
             o = kernels.attention(q, new_cache["k"].astype(q.dtype), new_cache["v"].astype(q.dtype),
-                                  causal=False, mask=mask, kernel=decode)
-        o = o.reshape(b, t, n * h)
-        return Linear(d, ("heads", "embed"), kernel_init=self.out_init, name="out", **kw)(o), new_cache
+                                  causal=False, mask=mask, kernel=self.kernel)
+        out = dense_general(x.shape[-1], ("heads", "kv", "embed"), axis=(-2, -1),
+                            kernel_init=self.out_init, name="out", **kw)(o)
+        return out, new_cache

@@ -13,8 +13,9 @@
 
 Initialisation follows DiT's ``initialize_weights``: Xavier-uniform linears (the patch conv as a
 [p*p*C, hidden] matrix), normal(0.02) for the timestep MLP and the label table, zeros for every
-adaLN modulation and the final linear. Parameters are plain arrays in ``param_dtype``; compute is
-in ``dtype``; LayerNorm statistics, the final layer and the output are float32.
+adaLN modulation and the final linear. Parameters carry logical axis names
+(:mod:`jaxgen.nn.partitioning`) and live in ``param_dtype``; compute is in ``dtype``; LayerNorm
+statistics, the final layer and the output are float32.
 """
 from __future__ import annotations
 
@@ -26,7 +27,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgen.nn.layers import ImageSelfAttention, TimestepMLP, class_labels
+from jaxgen.nn.kernels import KernelName
+from jaxgen.nn.layers import (
+    DType,
+    ImageSelfAttention,
+    TimestepMLP,
+    class_labels,
+    conv,
+    dense,
+    dtype_of,
+    embed,
+)
 
 XAVIER = nn.initializers.xavier_uniform()
 ZEROS = nn.initializers.zeros
@@ -47,8 +58,9 @@ class DiTConfig:
       out_channels: output channels; 0 = the input's channels (doubled with ``learn_sigma``).
       learn_sigma: also predict the variance interpolation (ADM / DiT): output 2 C channels.
       freq_dim: width of the timestep sinusoids.
-      attention_kernel: kernel name for :func:`jaxgen.nn.kernels.attention`.
-      dtype: compute dtype. param_dtype: parameter dtype.
+      attention_kernel: the kernel of :func:`jaxgen.nn.kernels.attention`.
+      dtype: compute dtype.
+      param_dtype: parameter dtype.
     """
 
     patch_size: int = 2
@@ -60,9 +72,9 @@ class DiTConfig:
     out_channels: int = 0
     learn_sigma: bool = False
     freq_dim: int = 256
-    attention_kernel: str = "auto"
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
+    attention_kernel: KernelName = "auto"
+    dtype: DType = "float32"
+    param_dtype: DType = "float32"
 
     def __post_init__(self):
         if self.hidden % 4 or self.hidden % self.num_heads:
@@ -97,11 +109,10 @@ def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
 
 
 def layer_norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
-    """LayerNorm without affine parameters (DiT's ``elementwise_affine=False``), float32 out."""
-    xf = x.astype(jnp.float32)
-    mean = jnp.mean(xf, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
-    return (xf - mean) * jax.lax.rsqrt(var + eps)
+    """LayerNorm without affine parameters (DiT's ``elementwise_affine=False``), float32 out:
+    Flax's ``nn.LayerNorm`` with no scale and no bias (so no parameters)."""
+    return nn.LayerNorm(epsilon=eps, use_scale=False, use_bias=False, use_fast_variance=False,
+                        dtype=jnp.float32).apply({}, x)
 
 
 class DiTBlock(nn.Module):
@@ -113,15 +124,19 @@ class DiTBlock(nn.Module):
     def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
         cfg, d = self.cfg, self.cfg.hidden
         kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
-        mod = nn.Dense(6 * d, kernel_init=ZEROS, name="adaLN_modulation", **kw)(nn.silu(c))
+        dt = dtype_of(cfg.dtype)
+        mod = dense(6 * d, ("embed", "mlp"), kernel_init=ZEROS, name="adaLN_modulation",
+                    **kw)(nn.silu(c))
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
-        h = modulate(layer_norm(x), shift_msa, scale_msa).astype(cfg.dtype)
+        h = modulate(layer_norm(x), shift_msa, scale_msa).astype(dt)
         h = ImageSelfAttention(cfg.num_heads, kernel=cfg.attention_kernel, kernel_init=XAVIER,
                                out_init=XAVIER, name="attn", **kw)(h)
         x = x + gate_msa[:, None, :] * h
-        h = modulate(layer_norm(x), shift_mlp, scale_mlp).astype(cfg.dtype)
-        h = nn.Dense(int(d * cfg.mlp_ratio), kernel_init=XAVIER, name="fc1", **kw)(h)
-        h = nn.Dense(d, kernel_init=XAVIER, name="fc2", **kw)(nn.gelu(h, approximate=True))
+        h = modulate(layer_norm(x), shift_mlp, scale_mlp).astype(dt)
+        h = dense(int(d * cfg.mlp_ratio), ("embed", "mlp"), kernel_init=XAVIER, name="fc1",
+                  **kw)(h)
+        h = dense(d, ("mlp", "embed"), kernel_init=XAVIER, name="fc2",
+                  **kw)(nn.gelu(h, approximate=True))
         return x + gate_mlp[:, None, :] * h
 
 
@@ -150,27 +165,27 @@ class DiT(nn.Module):
         kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
         gh, gw = height // p, width // p
 
-        h = nn.Conv(cfg.hidden, (p, p), strides=(p, p), padding="VALID", kernel_init=PATCH_INIT,
-                    name="x_embedder", **kw)(x.astype(cfg.dtype))
-        pos = jnp.asarray(sincos_2d(cfg.hidden, gh, gw), cfg.dtype)
+        h = conv(cfg.hidden, (p, p), strides=(p, p), padding="VALID", kernel_init=PATCH_INIT,
+                 name="x_embedder", **kw)(x.astype(dtype_of(cfg.dtype)))
+        pos = jnp.asarray(sincos_2d(cfg.hidden, gh, gw), dtype_of(cfg.dtype))
         h = h.reshape(b, gh * gw, cfg.hidden) + pos
 
         c = TimestepMLP(cfg.hidden, cfg.freq_dim, kernel_init=nn.initializers.normal(0.02),
                         name="t_embedder", **kw)(t)
         if labels is not None:
-            c = c + nn.Embed(cfg.num_classes + 1, cfg.hidden, name="y_embedder",
-                             embedding_init=nn.initializers.normal(0.02), **kw)(labels)
+            c = c + embed(cfg.num_classes + 1, cfg.hidden, name="y_embedder",
+                          init=nn.initializers.normal(0.02), **kw)(labels)
 
         for i in range(cfg.depth):
             h = DiTBlock(cfg, name=f"block{i}")(h, c)
 
         # final layer (float32): adaLN then a zero-initialised linear to p*p*C_out per token
-        f32 = dict(dtype=jnp.float32, param_dtype=cfg.param_dtype)
-        shift, scale = jnp.split(nn.Dense(2 * cfg.hidden, kernel_init=ZEROS,
-                                          name="final_adaLN_modulation", **f32)(nn.silu(c)), 2, -1)
+        f32 = dict(dtype="float32", param_dtype=cfg.param_dtype)
+        shift, scale = jnp.split(dense(2 * cfg.hidden, ("embed", "mlp"), kernel_init=ZEROS,
+                                       name="final_adaLN_modulation", **f32)(nn.silu(c)), 2, -1)
         c_out = cfg.output_channels(c_in)
-        h = nn.Dense(p * p * c_out, kernel_init=ZEROS, name="final_linear",
-                     **f32)(modulate(layer_norm(h), shift, scale))
+        h = dense(p * p * c_out, ("embed", None), kernel_init=ZEROS, name="final_linear",
+                  **f32)(modulate(layer_norm(h), shift, scale))
         return unpatchify(h, gh, gw, p, c_out)
 
 

@@ -1,99 +1,106 @@
-"""Reusable Linen layers: linear maps with logical-axis sharding, norms and MLPs.
+"""Reusable Linen layers: Flax's own layers with logical axis names, and the few written here.
 
-Every parameter carries logical axis names (``nn.with_logical_partitioning``) so a model built
-from these layers can be sharded by mapping logical names to mesh axes, e.g. "embed" -> "fsdp",
-"mlp"/"heads"/"vocab" -> "tensor" (see :mod:`jaxgen.models.lm.model`). Layers keep parameters in
-``param_dtype`` and compute in ``dtype``; norms always compute in float32.
+Every parameter carries logical axis names (:mod:`jaxgen.nn.partitioning`), so a model built
+from these layers is sharded by rules. :func:`dense`, :func:`dense_general`, :func:`conv`,
+:func:`embed` and :func:`norm` are Flax's ``nn.Dense``, ``nn.DenseGeneral``, ``nn.Conv``,
+``nn.Embed``, ``nn.RMSNorm``/``nn.LayerNorm`` with the names attached (and the same initial
+values as the bare layer: the names wrap the initializer). Layers keep parameters in
+``param_dtype`` and compute in ``dtype``; normalisation statistics are float32.
+Written here: :class:`GroupNorm` (a layout XLA:CPU runs 2-3x faster, see its docstring),
+:class:`MLP`, the diffusion backbones' embeddings and :class:`ImageSelfAttention`.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Literal, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jaxgen.nn import kernels
+from jaxgen.nn.partitioning import with_axes
 
 Initializer = Callable[..., jax.Array]
 Dtype = Any
+DType = Literal["float32", "bfloat16", "float16"]
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+LECUN = nn.initializers.lecun_normal()
+ZEROS = nn.initializers.zeros_init()
+ONES = nn.initializers.ones_init()
 
 
-def dtype_of(name: str) -> Dtype:
-    """"float32" / "bfloat16" / "float16" -> the jnp dtype; anything else is a ValueError."""
-    table = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-    if name not in table:
-        raise ValueError(f"unknown dtype {name!r}; use one of {', '.join(table)}")
-    return table[name]
+def dtype_of(name: Any) -> Dtype:
+    """"float32" / "bfloat16" / "float16" (or a jnp dtype) -> the jnp dtype; else ValueError."""
+    if not isinstance(name, str):
+        return jnp.dtype(name).type
+    if name not in _DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; use one of {', '.join(_DTYPES)}")
+    return _DTYPES[name]
 
 
-class Linear(nn.Module):
-    """``y = x @ W (+ b)`` on the last axis; W is [in, features] with logical ``axes``.
-
-    Attributes:
-      features: output width.
-      axes: logical names of (input axis, output axis) of the kernel, e.g. ("embed", "mlp").
-      use_bias: add a bias (logical axis ``axes[1]``), zero-initialised.
-      kernel_init: initializer of the unboxed kernel.
-    """
-
-    features: int
-    axes: tuple[str, str]
-    use_bias: bool = False
-    kernel_init: Initializer = nn.initializers.normal(0.02)
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, self.axes),
-                            (x.shape[-1], self.features), self.param_dtype)
-        y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
-        if self.use_bias:
-            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[1:]),
-                              (self.features,), self.param_dtype)
-            y = y + bias.astype(self.dtype)
-        return y
+def dense(features: int, axes: tuple[Optional[str], Optional[str]], *,
+          kernel_init: Initializer = LECUN, use_bias: bool = True, dtype: Any = "float32",
+          param_dtype: Any = "float32", name: Optional[str] = None) -> nn.Dense:
+    """``nn.Dense`` whose kernel [in, features] has logical ``axes`` (bias: ``axes[1]``)."""
+    return nn.Dense(features, use_bias=use_bias, dtype=dtype_of(dtype),
+                    param_dtype=dtype_of(param_dtype), kernel_init=with_axes(kernel_init, axes),
+                    bias_init=with_axes(ZEROS, axes[1:]), name=name)
 
 
-class RMSNorm(nn.Module):
-    """Root-mean-square layer norm (Zhang & Sennrich 2019): ``x / rms(x) * scale``, no centring."""
+def dense_general(features: int | Sequence[int], axes: Sequence[Optional[str]], *,
+                  axis: int | Sequence[int] = -1, kernel_init: Initializer = LECUN,
+                  use_bias: bool = False, dtype: Any = "float32", param_dtype: Any = "float32",
+                  name: Optional[str] = None) -> nn.DenseGeneral:
+    """``nn.DenseGeneral`` (kernel [in..., features...] with logical ``axes``, one per kernel
+    dimension; the bias takes the feature axes). Its initializer sees the kernel flattened to
+    [prod(in), prod(features)], so values equal those of an ``nn.Dense`` of that shape."""
+    features = (features,) if isinstance(features, int) else tuple(features)
+    n_in = 1 if isinstance(axis, int) else len(tuple(axis))
+    return nn.DenseGeneral(features, axis=axis, use_bias=use_bias, dtype=dtype_of(dtype),
+                           param_dtype=dtype_of(param_dtype),
+                           kernel_init=with_axes(kernel_init, axes),
+                           bias_init=with_axes(ZEROS, tuple(axes)[n_in:]), name=name)
 
-    eps: float = 1e-6
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-                           (x.shape[-1],), self.param_dtype)
-        xf = x.astype(jnp.float32)
-        y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
-        return (y * scale.astype(jnp.float32)).astype(self.dtype)
+CONV_AXES = (None, None, "conv_in", "conv_out")
 
 
-class LayerNorm(nn.Module):
-    """Layer normalisation (Ba et al. 2016), optionally without bias; float32 statistics."""
+def conv(features: int, kernel_size: tuple[int, int], *, strides: int | tuple = 1,
+         padding: Any = "SAME", kernel_init: Initializer = LECUN, dtype: Any = "float32",
+         param_dtype: Any = "float32", name: Optional[str] = None, **kw: Any) -> nn.Conv:
+    """``nn.Conv`` whose kernel [kh, kw, C_in, C_out] is named (None, None, conv_in, conv_out)."""
+    strides = (strides, strides) if isinstance(strides, int) else strides
+    return nn.Conv(features, kernel_size, strides=strides, padding=padding,
+                   dtype=dtype_of(dtype), param_dtype=dtype_of(param_dtype),
+                   kernel_init=with_axes(kernel_init, CONV_AXES),
+                   bias_init=with_axes(ZEROS, ("conv_out",)), name=name, **kw)
 
-    eps: float = 1e-5
-    use_bias: bool = True
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        d = x.shape[-1]
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-                           (d,), self.param_dtype)
-        xf = x.astype(jnp.float32)
-        mean = jnp.mean(xf, axis=-1, keepdims=True)
-        var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
-        y = (xf - mean) * jax.lax.rsqrt(var + self.eps) * scale.astype(jnp.float32)
-        if self.use_bias:
-            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)),
-                              (d,), self.param_dtype)
-            y = y + bias.astype(jnp.float32)
-        return y.astype(self.dtype)
+def embed(num: int, features: int, *, init: Initializer = nn.linear.default_embed_init,
+          axes: tuple[str, str] = ("classes", "embed"), dtype: Any = "float32",
+          param_dtype: Any = "float32", name: Optional[str] = None) -> nn.Embed:
+    """``nn.Embed`` whose table [num, features] has logical ``axes``."""
+    return nn.Embed(num, features, dtype=dtype_of(dtype), param_dtype=dtype_of(param_dtype),
+                    embedding_init=with_axes(init, axes), name=name)
+
+
+NORMS = ("rmsnorm", "layernorm")
+
+
+def norm(kind: str, *, use_bias: bool = False, eps: Optional[float] = None,
+         dtype: Any = "float32", param_dtype: Any = "float32",
+         name: Optional[str] = None) -> nn.Module:
+    """"rmsnorm": ``nn.RMSNorm`` (Zhang & Sennrich 2019, eps 1e-6); "layernorm":
+    ``nn.LayerNorm`` (Ba et al. 2016, eps 1e-5, optionally without bias). Scale (and bias) [D]
+    named ("norm",); float32 statistics."""
+    kw = dict(dtype=dtype_of(dtype), param_dtype=dtype_of(param_dtype), name=name,
+              scale_init=with_axes(ONES, ("norm",)))
+    if kind == "rmsnorm":
+        return nn.RMSNorm(epsilon=1e-6 if eps is None else eps, **kw)
+    if kind == "layernorm":
+        return nn.LayerNorm(epsilon=1e-5 if eps is None else eps, use_bias=use_bias,
+                            use_fast_variance=False, bias_init=with_axes(ZEROS, ("norm",)), **kw)
+    raise ValueError(f"unknown norm {kind!r}; use one of {', '.join(NORMS)}")
 
 
 class GroupNorm(nn.Module):
@@ -107,12 +114,13 @@ class GroupNorm(nn.Module):
     [B, C] statistics and the whole norm is applied as ``x * a + b`` with per-(example, channel)
     ``a`` and ``b`` (one fused pass). 2-3x faster than flax's [B, H, W, G, C/G] reduction at
     the U-Net's shapes on a 2-core CPU, including the SiLU that follows
-    (``python -m benchmarks.unet_parts``).
+    (``python -m benchmarks.unet_parts``). On accelerators it is two reductions and one fused
+    multiply-add, as ``nn.GroupNorm``'s, so nothing there is worse for it.
     """
 
     num_groups: int = 32
     epsilon: float = 1e-5
-    param_dtype: Dtype = jnp.float32
+    param_dtype: Any = "float32"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -120,8 +128,9 @@ class GroupNorm(nn.Module):
         if x.ndim < 2 or c % g:
             raise ValueError(f"GroupNorm with {g} groups needs [B, ..., C] with C divisible by "
                              f"{g}, got shape {x.shape}")
-        scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
-        bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
+        pdt = dtype_of(self.param_dtype)
+        scale = self.param("scale", with_axes(ONES, ("norm",)), (c,), pdt)
+        bias = self.param("bias", with_axes(ZEROS, ("norm",)), (c,), pdt)
         xf = x.astype(jnp.float32)
         axes = tuple(range(1, x.ndim - 1))
         mean = jnp.mean(xf, axis=axes).reshape(b, g, c // g).mean(-1)  # [B, G]
@@ -133,44 +142,37 @@ class GroupNorm(nn.Module):
         return xf * a.reshape(bshape) + shift.reshape(bshape)
 
 
-def make_norm(kind: str, *, use_bias: bool = False, dtype: Dtype = jnp.float32,
-              param_dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Module:
-    """"rmsnorm" -> :class:`RMSNorm`; "layernorm" -> :class:`LayerNorm`."""
-    if kind == "rmsnorm":
-        return RMSNorm(dtype=dtype, param_dtype=param_dtype, name=name)
-    if kind == "layernorm":
-        return LayerNorm(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name)
-    raise ValueError(f"unknown norm {kind!r}; use 'rmsnorm' or 'layernorm'")
-
-
 class MLP(nn.Module):
     """Position-wise feed-forward block, [..., D] -> [..., D].
 
-    ``kind="swiglu"``: ``W_out (silu(x W_gate) * (x W_up))`` (Shazeer 2020, GLU variants), the gate
-    and up projections fused into one [D, 2F] matmul. ``kind="gelu"``: ``W_out gelu(x W_in)``
+    ``kind="swiglu"``: ``W_out (silu(x W_gate) * (x W_up))`` (Shazeer 2020, GLU variants), gate
+    and up as one kernel [D, 2, F] (one matmul; the split is along its own small axis, so
+    sharding F over "tensor" never crosses a shard). ``kind="gelu"``: ``W_out gelu(x W_in)``
     (Hendrycks & Gimpel 2016), as in GPT-2.
     """
 
     hidden: int
     kind: str = "swiglu"
     use_bias: bool = False
+    kernel_init: Initializer = nn.initializers.normal(0.02)
     out_init: Initializer = nn.initializers.normal(0.02)
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
+    dtype: Any = "float32"
+    param_dtype: Any = "float32"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         d = x.shape[-1]
         kw = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
         if self.kind == "swiglu":
-            gate_up = Linear(2 * self.hidden, ("embed", "mlp"), name="wi", **kw)(x)
-            gate, up = jnp.split(gate_up, 2, axis=-1)
-            h = nn.silu(gate) * up
+            gate_up = dense_general((2, self.hidden), ("embed", None, "mlp"), name="wi",
+                                    kernel_init=self.kernel_init, **kw)(x)
+            h = nn.silu(gate_up[..., 0, :]) * gate_up[..., 1, :]
         elif self.kind == "gelu":
-            h = nn.gelu(Linear(self.hidden, ("embed", "mlp"), name="wi", **kw)(x), approximate=True)
+            h = nn.gelu(dense_general(self.hidden, ("embed", "mlp"), name="wi",
+                                      kernel_init=self.kernel_init, **kw)(x), approximate=True)
         else:
             raise ValueError(f"unknown MLP kind {self.kind!r}; use 'swiglu' or 'gelu'")
-        return Linear(d, ("mlp", "embed"), kernel_init=self.out_init, name="wo", **kw)(h)
+        return dense_general(d, ("mlp", "embed"), kernel_init=self.out_init, name="wo", **kw)(h)
 
 
 # --- Pieces shared by the diffusion backbones (jaxgen/nn/unet.py, jaxgen/nn/dit.py) ---------------
@@ -216,33 +218,36 @@ class TimestepMLP(nn.Module):
 
     features: int
     freq_dim: int
-    kernel_init: Initializer = nn.initializers.lecun_normal()
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
+    kernel_init: Initializer = LECUN
+    dtype: Any = "float32"
+    param_dtype: Any = "float32"
 
     @nn.compact
     def __call__(self, t: jax.Array) -> jax.Array:
         kw = dict(kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype)
-        h = nn.Dense(self.features, name="linear_1", **kw)(timestep_embedding(t, self.freq_dim))
-        return nn.Dense(self.features, name="linear_2", **kw)(nn.silu(h))
+        h = dense(self.features, (None, "embed"), name="linear_1", **kw)(
+            timestep_embedding(t, self.freq_dim))
+        return dense(self.features, ("mlp", "embed"), name="linear_2", **kw)(nn.silu(h))
 
 
 class ImageSelfAttention(nn.Module):
     """Bidirectional multi-head self-attention over tokens, x [B, T, D] -> [B, T, D].
 
-    One fused biased q/k/v projection [D, 3D] (laid out (3, heads, head_dim) as in timm/DiT), the
-    attention ``softmax(q k^T / sqrt(head_dim)) v`` by :func:`jaxgen.nn.kernels.attention` (layout
-    BTNH, ``kernel`` picks the implementation) and a biased output projection [D, D], whose
-    initializer is ``out_init`` (zeros in ADM/DDPM-style blocks so they start as the identity).
-    Used by the UNet's spatial attention (tokens = the H*W pixels) and by DiT blocks.
+    A biased q/k/v projection with kernel [D, 3, heads, head_dim] (the layout of timm/DiT's
+    fused [D, 3D] one, split on its own axis so sharding heads never crosses a shard), the
+    attention ``softmax(q k^T / sqrt(head_dim)) v`` by :func:`jaxgen.nn.kernels.attention`
+    (layout BTNH; ``kernel`` names the implementation or ``auto``) and a biased output
+    projection [heads, head_dim, D], whose initializer is ``out_init`` (zeros in ADM/DDPM-style
+    blocks so they start as the identity). Used by the UNet's spatial attention (tokens = the
+    H*W pixels) and by DiT blocks.
     """
 
     num_heads: int
     kernel: str = "auto"
     kernel_init: Initializer = nn.initializers.xavier_uniform()
     out_init: Initializer = nn.initializers.xavier_uniform()
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
+    dtype: Any = "float32"
+    param_dtype: Any = "float32"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -250,8 +255,10 @@ class ImageSelfAttention(nn.Module):
         n = self.num_heads
         if d % n:
             raise ValueError(f"attention width {d} is not divisible by num_heads={n}")
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        qkv = nn.Dense(3 * d, kernel_init=self.kernel_init, name="qkv", **kw)(x)
-        q, k, v = jnp.moveaxis(qkv.reshape(b, t, 3, n, d // n), 2, 0)
-        o = kernels.attention(q, k, v, causal=False, kernel=self.kernel).reshape(b, t, d)
-        return nn.Dense(d, kernel_init=self.out_init, name="out", **kw)(o)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, use_bias=True)
+        qkv = dense_general((3, n, d // n), ("embed", None, "heads", "kv"),
+                            kernel_init=self.kernel_init, name="qkv", **kw)(x)
+        o = kernels.attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], causal=False,
+                              kernel=self.kernel)
+        return dense_general(d, ("heads", "kv", "embed"), axis=(-2, -1),
+                             kernel_init=self.out_init, name="out", **kw)(o)

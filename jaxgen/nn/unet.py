@@ -27,9 +27,10 @@ set ``num_heads`` instead for ADM's fixed head count. With ``zero_init=False`` a
 
 Parameter names by level: ``down{i}_res{j}``, ``down{i}_attn{j}``, ``down{i}_downsample``,
 ``mid_res0``, ``mid_attn``, ``mid_res1``, ``up{i}_res{j}``, ``up{i}_attn{j}``, ``up{i}_upsample``
-(i = resolution level, 0 = full resolution). Parameters are plain (unboxed) arrays in
-``param_dtype``; compute is in ``dtype``; GroupNorm statistics, the embedding sinusoids and the
-final conv and output are float32.
+(i = resolution level, 0 = full resolution). Parameters carry logical axis names
+(:mod:`jaxgen.nn.partitioning`: convolutions (None, None, conv_in, conv_out), attention
+(embed, 3, heads, kv)) and live in ``param_dtype``; compute is in ``dtype``; GroupNorm
+statistics, the embedding sinusoids and the final conv and output are float32.
 """
 from __future__ import annotations
 
@@ -40,8 +41,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxgen.nn.kernels.auto import CHUNKED_MIN_SCORES
-from jaxgen.nn.layers import GroupNorm, ImageSelfAttention, TimestepMLP, class_labels
+from jaxgen.nn.kernels import KernelName
+from jaxgen.nn.layers import (
+    DType,
+    GroupNorm,
+    ImageSelfAttention,
+    TimestepMLP,
+    class_labels,
+    conv,
+    dense,
+    dtype_of,
+    embed,
+)
 
 # DDPM's / score_sde's default_init: variance scaling 1.0, fan_avg, uniform.
 DEFAULT_INIT = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
@@ -70,17 +81,20 @@ class UNetConfig:
       head_dim: attention head width (heads = C // head_dim); used when ``num_heads == 0``.
       num_heads: a fixed number of heads at every attention block (head width C // num_heads).
       dropout: dropout rate in each resblock (before its second conv), active when ``train``.
-      num_classes: 0 for an unconditional model, else the number of class labels.
       norm_groups: GroupNorm groups, reduced per layer to the largest count dividing its width.
       norm_eps: GroupNorm epsilon.
+      num_classes: 0 for an unconditional model, else the number of class labels (a family
+        sets it from the data).
       out_channels: output channels; 0 = the input's channels.
       time_embed_dim: width of the time/label embedding; 0 = 4 * block_channels[0].
       scale_shift: ADM's scale-shift conditioning (emb -> 2 C per block) instead of adding emb.
       resblock_updown: resample with resblocks (BigGAN/ADM) instead of stride-2 / nearest+conv.
       zero_init: zero-initialise each residual branch's last layer and ``conv_out`` (DDPM/ADM), so
         every residual block starts as the identity and the model outputs 0 at init.
-      attention_kernel: kernel name for :func:`jaxgen.nn.kernels.attention`.
-      dtype: compute dtype. param_dtype: parameter dtype.
+      attention_kernel: the kernel of :func:`jaxgen.nn.kernels.attention` ("auto": chosen
+        for the platform, shapes and dtype).
+      dtype: compute dtype.
+      param_dtype: parameter dtype.
     """
 
     block_channels: tuple[int, ...] = (64, 128, 128)
@@ -98,9 +112,9 @@ class UNetConfig:
     scale_shift: bool = False
     resblock_updown: bool = False
     zero_init: bool = True
-    attention_kernel: str = "auto"
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
+    attention_kernel: KernelName = "auto"
+    dtype: DType = "float32"
+    param_dtype: DType = "float32"
 
     def __post_init__(self):
         if not self.block_channels or self.layers_per_block < 1:
@@ -147,6 +161,14 @@ def group_norm(cfg: UNetConfig, channels: int, name: str) -> GroupNorm:
                      param_dtype=cfg.param_dtype, name=name)
 
 
+def _conv(cfg: UNetConfig, features: int, kernel: int, name: str, *, zero: bool = False,
+          **kw: Any) -> nn.Module:
+    """A k x k convolution (padding k // 2) with DDPM's initializer, or zeros."""
+    return conv(features, (kernel, kernel), padding=kernel // 2, name=name,
+                kernel_init=ZEROS if zero else DEFAULT_INIT,
+                **{"dtype": cfg.dtype, "param_dtype": cfg.param_dtype, **kw})
+
+
 def _resample(x: jax.Array, mode: str) -> jax.Array:
     """"down": 2x2 average pooling; "up": nearest-neighbour 2x; "none": x. x [B, H, W, C]."""
     if mode == "down":
@@ -170,12 +192,12 @@ class ResBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, emb: jax.Array, train: bool = False) -> jax.Array:
         cfg, c = self.cfg, self.out_channels
-        conv = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
         h = nn.silu(group_norm(cfg, x.shape[-1], "norm1")(x))
         h, x = _resample(h, self.resample), _resample(x, self.resample)
-        h = nn.Conv(c, (3, 3), padding=1, kernel_init=DEFAULT_INIT, name="conv1", **conv)(h)
-        e = nn.Dense(2 * c if cfg.scale_shift else c, kernel_init=DEFAULT_INIT, name="emb_proj",
-                     **conv)(nn.silu(emb))[:, None, None, :]
+        h = _conv(cfg, c, 3, "conv1")(h)
+        e = dense(2 * c if cfg.scale_shift else c, ("embed", "conv_out"), name="emb_proj",
+                  kernel_init=DEFAULT_INIT, dtype=cfg.dtype, param_dtype=cfg.param_dtype)(
+                      nn.silu(emb))[:, None, None, :]
         norm2 = group_norm(cfg, c, "norm2")
         if cfg.scale_shift:  # ADM: GroupNorm(h) * (1 + scale) + shift
             scale, shift = jnp.split(e.astype(jnp.float32), 2, axis=-1)
@@ -183,11 +205,10 @@ class ResBlock(nn.Module):
         else:  # DDPM / diffusers: add the embedding before the second norm
             h = norm2(h + e)
         h = nn.Dropout(cfg.dropout, deterministic=not train)(nn.silu(h))
-        h = nn.Conv(c, (3, 3), padding=1, kernel_init=ZEROS if cfg.zero_init else DEFAULT_INIT,
-                    name="conv2", **conv)(h)
+        h = _conv(cfg, c, 3, "conv2", zero=cfg.zero_init)(h)
         if x.shape[-1] != c:
-            x = nn.Conv(c, (1, 1), kernel_init=DEFAULT_INIT, name="skip", **conv)(x)
-        return x.astype(cfg.dtype) + h
+            x = _conv(cfg, c, 1, "skip")(x)
+        return x.astype(dtype_of(cfg.dtype)) + h
 
 
 class AttentionBlock(nn.Module):
@@ -201,69 +222,11 @@ class AttentionBlock(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg = self.cfg
         b, hh, ww, c = x.shape
-        h = group_norm(cfg, c, "norm")(x).astype(cfg.dtype).reshape(b, hh * ww, c)
-        kw = {"kernel_init": DEFAULT_INIT, "out_init": ZEROS if cfg.zero_init else DEFAULT_INIT,
-              "dtype": cfg.dtype, "param_dtype": cfg.param_dtype, "name": "attn"}
-        if use_short_attention(cfg.attention_kernel, hh * ww):
-            h = ShortSelfAttention(cfg.heads(c), **kw)(h)
-        else:
-            h = ImageSelfAttention(cfg.heads(c), kernel=cfg.attention_kernel, **kw)(h)
-        return x.astype(cfg.dtype) + h.reshape(x.shape)
-
-
-def use_short_attention(kernel: str, tokens: int) -> bool:
-    """Whether ``kernel`` "auto" takes :func:`short_attention`: on CPU, where the ``auto`` rule
-    would pick the dense ``xla`` kernel (fewer than ``CHUNKED_MIN_SCORES`` scores per head)."""
-    return (kernel == "auto" and jax.default_backend() == "cpu"
-            and tokens * tokens < CHUNKED_MIN_SCORES)
-
-
-def short_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-    """softmax(q k^T / sqrt(H)) v for short sequences and narrow heads, q/k/v [B, T, N, H].
-
-    The same result as the ``xla`` kernel (to float32 rounding), laid out for XLA:CPU: heads are
-    moved next to the batch ([B, N, T, H]) and keys are transposed to [B, N, H, S], so both
-    products are plain batched [T, H] x [H, S] and [T, S] x [S, H] matmuls with the batch axes
-    leading, and the normalisation divides the [B, N, T, H] output instead of the [B, N, T, S]
-    probabilities. At the U-Net's 196 tokens of width 8 (B=16, N=16, 2-core CPU) this took
-    5.9 ms against 20.9 ms with the contraction over the minor axis of both operands
-    (``einsum("btnh,bsnh->bnst")``) and 33.7 ms for ``jax.nn.dot_product_attention``; PyTorch's
-    SDPA took 5.3 ms on the same shape (``python -m benchmarks.unet_parts``). Scores,
-    exponentials and sums are float32.
-    """
-    f32 = jnp.float32
-    batch_dims = ((0, 1), (0, 1))
-    q_t = (q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)).transpose(0, 2, 1, 3)  # [B, N, T, H]
-    k_t = k.transpose(0, 2, 3, 1)  # [B, N, H, S]
-    v_t = v.transpose(0, 2, 1, 3)  # [B, N, S, H]
-    s = jax.lax.dot_general(q_t, k_t, (((3,), (2,)), batch_dims), preferred_element_type=f32)
-    e = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True))  # [B, N, T, S]
-    o = jax.lax.dot_general(e.astype(v.dtype), v_t, (((3,), (2,)), batch_dims),
-                            preferred_element_type=f32)  # [B, N, T, H]
-    o = o / jnp.sum(e, axis=-1)[..., None]
-    return o.transpose(0, 2, 1, 3).astype(q.dtype)
-
-
-class ShortSelfAttention(nn.Module):
-    """:class:`jaxgen.nn.layers.ImageSelfAttention` (the same parameters: ``qkv`` [D, 3D] laid
-    out (3, heads, head_dim), ``out`` [D, D], both biased) with :func:`short_attention` as its
-    kernel; x [B, T, D] -> [B, T, D]."""
-
-    num_heads: int
-    kernel_init: Any = DEFAULT_INIT
-    out_init: Any = DEFAULT_INIT
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        b, t, d = x.shape
-        n = self.num_heads
-        kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
-        qkv = nn.Dense(3 * d, kernel_init=self.kernel_init, name="qkv", **kw)(x)
-        q, k, v = jnp.moveaxis(qkv.reshape(b, t, 3, n, d // n), 2, 0)
-        o = short_attention(q, k, v).reshape(b, t, d)
-        return nn.Dense(d, kernel_init=self.out_init, name="out", **kw)(o)
+        h = group_norm(cfg, c, "norm")(x).astype(dtype_of(cfg.dtype)).reshape(b, hh * ww, c)
+        h = ImageSelfAttention(cfg.heads(c), kernel=cfg.attention_kernel, kernel_init=DEFAULT_INIT,
+                               out_init=ZEROS if cfg.zero_init else DEFAULT_INIT,
+                               dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="attn")(h)
+        return x.astype(dtype_of(cfg.dtype)) + h.reshape(x.shape)
 
 
 class Downsample(nn.Module):
@@ -277,8 +240,7 @@ class Downsample(nn.Module):
         cfg, c = self.cfg, x.shape[-1]
         if cfg.resblock_updown:
             return ResBlock(cfg, c, resample="down", name="res")(x, emb, train)
-        return nn.Conv(c, (3, 3), strides=(2, 2), padding=1, kernel_init=DEFAULT_INIT,
-                       dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="conv")(x)
+        return _conv(cfg, c, 3, "conv", strides=2)(x)
 
 
 class Upsample(nn.Module):
@@ -292,8 +254,7 @@ class Upsample(nn.Module):
         cfg, c = self.cfg, x.shape[-1]
         if cfg.resblock_updown:
             return ResBlock(cfg, c, resample="up", name="res")(x, emb, train)
-        return nn.Conv(c, (3, 3), padding=1, kernel_init=DEFAULT_INIT, dtype=cfg.dtype,
-                       param_dtype=cfg.param_dtype, name="conv")(_resample(x, "up"))
+        return _conv(cfg, c, 3, "conv")(_resample(x, "up"))
 
 
 class UNet(nn.Module):
@@ -320,11 +281,10 @@ class UNet(nn.Module):
         emb = TimestepMLP(cfg.emb_dim, cfg.block_channels[0], kernel_init=DEFAULT_INIT,
                           name="time_embed", **kw)(t)
         if labels is not None:
-            emb = emb + nn.Embed(cfg.num_classes + 1, cfg.emb_dim, name="label_embed",
-                                 embedding_init=nn.initializers.normal(1.0), **kw)(labels)
+            emb = emb + embed(cfg.num_classes + 1, cfg.emb_dim, name="label_embed",
+                              init=nn.initializers.normal(1.0), **kw)(labels)
 
-        h = nn.Conv(cfg.block_channels[0], (3, 3), padding=1, kernel_init=DEFAULT_INIT,
-                    name="conv_in", **kw)(x.astype(cfg.dtype))
+        h = _conv(cfg, cfg.block_channels[0], 3, "conv_in")(x.astype(dtype_of(cfg.dtype)))
         skips = [h]
         for i, ch in enumerate(cfg.block_channels):
             for j in range(cfg.layers_per_block):
@@ -352,9 +312,8 @@ class UNet(nn.Module):
                 h = Upsample(cfg, name=f"up{i}_upsample")(h, emb, train)
 
         h = nn.silu(group_norm(cfg, h.shape[-1], "norm_out")(h))
-        out = nn.Conv(cfg.out_channels or c_in, (3, 3), padding=1, dtype=jnp.float32,
-                      param_dtype=cfg.param_dtype, name="conv_out",
-                      kernel_init=ZEROS if cfg.zero_init else DEFAULT_INIT)(h)
+        out = _conv(cfg, cfg.out_channels or c_in, 3, "conv_out", zero=cfg.zero_init,
+                    dtype="float32")(h)
         return out.astype(jnp.float32)
 
 

@@ -6,15 +6,19 @@ device). The data position is the step (train iterators are indexed by global ba
 ``seek(step)``), so a checkpoint does not depend on the number of processes. Iterators without
 ``seek`` (research code's own) have their state saved per process as before.
 
-Restore tells failures apart (:meth:`Checkpointer.restore`):
-  * real damage (unreadable metadata, a truncated or missing file, a fingerprint mismatch):
-    warn and fall back to the previous checkpoint;
+Restore tells failures apart by evidence, never by the wording of an error
+(:meth:`Checkpointer.restore`):
+  * damage: a file of the checkpoint is missing or has another size than when it was written
+    (each finished checkpoint records its files and sizes in ``jaxgen_files.json``), its
+    metadata is missing or is not JSON, or the restored state does not match the fingerprint
+    saved with it: warn and fall back to the previous checkpoint;
   * a state of another structure (a config change): :class:`StateMismatch`, a usage error that
     names the state paths and config keys that differ. Adding or removing the EMA is the one
     structural change applied on purpose: an EMA added on resume starts from the restored
     parameters (of the subtree the family tracks);
-  * anything else (out of memory, a transient filesystem error): raised as it is; the run stops
-    and nothing is trained over the checkpoints;
+  * anything else (a sharding or shape the checkpoint cannot take, out of memory, a transient
+    filesystem error, any error while reading a checkpoint whose files are all as written):
+    raised as it is; the run stops and nothing is trained over the checkpoints;
   * checkpoints exist but none is readable: :class:`jaxgen.errors.RunError`.
 Every process restores the same step: the candidates come from process 0.
 """
@@ -35,12 +39,7 @@ from jaxgen.errors import RunError, UsageError
 
 log = logging.getLogger("jaxgen")
 
-# Substrings of the errors Orbax/TensorStore raise for damaged files (truncated, missing,
-# undecodable). Anything else during a restore is not taken for corruption.
-_DAMAGE_MARKERS = ("DATA_LOSS", "corrupt", "truncat", "Unexpected end", "unexpected end",
-                   "checksum", "decod", "Decod", "NOT_FOUND", "not found", "No such file",
-                   "does not exist", "Expecting value", "Unterminated", "OUT_OF_RANGE",
-                   "Error reading", "Invalid", "invalid", "fingerprint")
+FILES = "jaxgen_files.json"  # {relative path: size} of a finished checkpoint's files
 
 
 class StateMismatch(UsageError):
@@ -130,12 +129,44 @@ def changed_config_keys(saved: dict, current: dict, prefix: str = "") -> list[st
     return out
 
 
-def _is_damage(e: BaseException) -> bool:
-    if isinstance(e, (MemoryError, KeyboardInterrupt)):
-        return False
-    text = f"{type(e).__name__}: {e}"
-    return isinstance(e, (_Damaged, json.JSONDecodeError, FileNotFoundError)) or \
-        any(m in text for m in _DAMAGE_MARKERS)
+def _files(step_dir: str) -> dict[str, int]:
+    """{path relative to ``step_dir``: size} of every file below it (but the record itself)."""
+    out = {}
+    for root, _, names in os.walk(step_dir):
+        for name in names:
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, step_dir)
+            if rel != FILES:
+                out[rel] = os.path.getsize(path)
+    return out
+
+
+def record_files(step_dir: str) -> None:
+    """Writes the record of a finished checkpoint's files (process 0; idempotent)."""
+    from jaxgen.train.workdir import write_json
+
+    if jax.process_index() == 0 and not os.path.exists(os.path.join(step_dir, FILES)):
+        write_json(os.path.join(step_dir, FILES), _files(step_dir))
+
+
+def check_files(step_dir: str) -> Optional[bool]:
+    """True: every recorded file is there with its size; False: one is missing or resized
+    (damage, :class:`_Damaged` names it); None: the checkpoint has no record (not verifiable)."""
+    path = os.path.join(step_dir, FILES)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            recorded = json.load(f)
+    except (OSError, ValueError) as e:
+        raise _Damaged(f"its file record is unreadable ({_first_line(e)})") from None
+    for rel, size in recorded.items():
+        full = os.path.join(step_dir, rel)
+        if not os.path.exists(full):
+            raise _Damaged(f"its file {rel} is missing")
+        if os.path.getsize(full) != size:
+            raise _Damaged(f"its file {rel} has {os.path.getsize(full)} bytes, written with {size}")
+    return True
 
 
 def _agreed_steps(steps: list[int]) -> list[int]:
@@ -171,9 +202,19 @@ class Checkpointer:
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
+    def _step_dir(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
+    def _record_finished(self) -> None:
+        """Records the files of every finished checkpoint that has no record yet."""
+        for step in self.steps():
+            record_files(self._step_dir(step))
+
     def save(self, step: int, state: Any, data_iterator: Any, config: dict, *,
              force: bool = False) -> bool:
         """Starts an (async) save of the state and its metadata at ``step``."""
+        self.manager.wait_until_finished()  # the previous save is on disk: record its files
+        self._record_finished()
         meta = {"config": config, "fingerprint": np.asarray(fingerprint(state)).tolist(),
                 "structure": state_structure(state)}
         items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
@@ -184,16 +225,15 @@ class Checkpointer:
     def _read_meta(self, step: int) -> dict:
         try:
             meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        except Exception as e:  # noqa: BLE001 - classified below
-            if _is_damage(e) or "meta" in str(e):
-                raise _Damaged(f"its metadata is unreadable ({_first_line(e)})") from e
-            raise
+        except (FileNotFoundError, json.JSONDecodeError) as e:  # a missing or truncated file
+            raise _Damaged(f"its metadata is unreadable ({_first_line(e)})") from e
         if not isinstance(meta, dict) or "fingerprint" not in meta:
             raise _Damaged("its metadata is incomplete")
         return meta
 
     def _restore_step(self, step: int, abstract_state: Any, data_iterator: Any,
                       ema_of: Optional[Callable[[Any], Any]], config: Optional[dict]) -> tuple[Any, dict]:
+        verified = check_files(self._step_dir(step))
         meta = self._read_meta(step)
         wanted = state_structure(abstract_state)
         saved = meta.get("structure")
@@ -211,7 +251,14 @@ class Checkpointer:
         items = {"state": ocp.args.StandardRestore(target)}
         if data_iterator is not None and not hasattr(data_iterator, "seek"):
             items["data"] = grain.checkpoint.CheckpointRestore(_IteratorStateAdapter(data_iterator))
-        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        except json.JSONDecodeError as e:  # a truncated metadata file of the state
+            raise _Damaged(f"a metadata file of its state is truncated ({_first_line(e)})") from e
+        except Exception as e:  # noqa: BLE001 - damage only on evidence
+            if verified is None and isinstance(e, (FileNotFoundError,)):
+                raise _Damaged(f"a file of its state is missing ({_first_line(e)})") from e
+            raise
         state = restored["state"]
         if not _fingerprint_matches(meta["fingerprint"], state):
             raise _Damaged("its contents do not match the fingerprint saved with it")
@@ -247,11 +294,7 @@ class Checkpointer:
             error: Optional[BaseException] = None
             try:
                 state, meta = self._restore_step(step, abstract_state, data_iterator, ema_of, config)
-            except StateMismatch:
-                raise
-            except Exception as e:  # noqa: BLE001 - only damage falls back; the rest re-raises
-                if not _is_damage(e):
-                    raise
+            except _Damaged as e:  # only evidence of damage falls back; the rest is raised
                 error = e
             if _all_agree(error is None):
                 return step, state, meta["config"]
@@ -267,9 +310,10 @@ class Checkpointer:
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
+        self._record_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self.wait()
         self.manager.close()
 
 

@@ -35,7 +35,9 @@ def data_metrics(run: Any, state: Any, batches: Optional[Iterable[dict]] = None)
     totals: dict[str, float] = {}
     for batch in (run.datasets.make_eval() if batches is None else batches):
         signals.check()  # a deferred SIGTERM/SIGINT stops between batches
-        sums = jax.device_get(run.eval_step(state, mesh_lib.global_batch(batch, run.batch_sharding)))
+        with run.active():
+            sums = run.eval_step(state, mesh_lib.global_batch(batch, run.batch_sharding))
+        sums = jax.device_get(sums)
         for k, v in sums.items():
             totals[k] = totals.get(k, 0.0) + float(np.asarray(v, np.float64))
     count = totals.pop("count", 0.0)
@@ -74,7 +76,9 @@ def draw_samples(run: Any, state: Any, rng: jax.Array, num: int, options: Any = 
         signals.check()
         n = min(chunk, num - i * chunk)
         key = rng if chunk == num else jax.random.fold_in(rng, i)
-        out.append(_to_host(run.sampler(n)(state, key, n, options)))
+        with run.active():
+            samples = run.sampler(n)(state, key, n, options)
+        out.append(_to_host(samples))
         i += 1
     return np.concatenate(out) if len(out) > 1 else out[0]
 
@@ -100,10 +104,10 @@ def sample_metrics(run: Any, state: Any, num: Optional[int] = None, seed: Option
                          f"{run.datasets.info.get('source')!r}")
     from jaxgen import eval as eval_lib  # lazy: the feature network trains on first use
 
-    ec = run.config.get("eval", {})
-    num = int(ec.get("num_samples", 1000)) if num is None else int(num)
-    seed = int(ec.get("sample_seed", 0)) if seed is None else int(seed)
-    batch = int(ec.get("sample_batch", 0))
+    ec = run.config.eval
+    num = int(ec.num_samples) if num is None else int(num)
+    seed = int(ec.sample_seed) if seed is None else int(seed)
+    batch = int(ec.sample_batch)
     results: dict[str, Any] = {}
     for name, overrides in run.family.sample_eval_variants.items():
         options = run.family.sample_options(**dict(overrides))
@@ -137,7 +141,7 @@ def evaluate(run: Any, state: Any, batches: Optional[Iterable[dict]] = None, *,
     ``eval.sample_metrics``) and the run has a reference set."""
     results = data_metrics(run, state, batches)
     if samples is None:
-        samples = bool(run.config.get("eval", {}).get("sample_metrics", False))
+        samples = bool(run.config.eval.sample_metrics)
     if samples and sample_reference(run) is not None:
         results.update(sample_metrics(run, state, full=False))
     return results

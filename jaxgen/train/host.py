@@ -87,9 +87,7 @@ def configure_cpu_host(config: Any, *, distributed: bool = False) -> Optional[in
     """
     from jax._src import xla_bridge
 
-    requested = setting = int(config.mesh.get("cpu_devices", 0))
-    if requested < 0:
-        raise ValueError(f"mesh.cpu_devices must be >= 0 (0: automatic), got {requested}")
+    requested = setting = int(config.mesh.cpu_devices)
     flags = os.environ.get("XLA_FLAGS", "")
     if xla_bridge.backends_are_initialized() or _accelerator_installed():
         return None

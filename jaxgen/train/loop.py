@@ -18,16 +18,17 @@ import logging
 import os
 import signal
 import time
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Optional
 
 import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from tqdm import tqdm
 
 from jaxgen import data as data_lib
-from jaxgen import signals
+from jaxgen import experiments as experiments_lib
+from jaxgen import settings, signals
+from jaxgen.config import Experiment
+from jaxgen.experiments import CONFIG_FILE
 from jaxgen.errors import RunError, UsageError
 from jaxgen.models.base import Family
 from jaxgen.train import mesh as mesh_lib
@@ -67,7 +68,7 @@ class NonFiniteLoss(RunError):
 class Run:
     """Everything built from a config: mesh, data, family and the compiled steps."""
 
-    config: ml_collections.ConfigDict
+    config: Experiment
     mesh: jax.sharding.Mesh
     datasets: Any
     family: Family
@@ -77,6 +78,11 @@ class Run:
     train_step: Callable
     eval_step: Optional[Callable]
     _samplers: dict = dataclasses.field(default_factory=dict)
+
+    def active(self):
+        """The run's mesh as JAX's context (``jax.set_mesh``): trace and compile under it, so
+        the model sees the devices it is compiled for (the attention kernel's choice)."""
+        return jax.set_mesh(self.mesh)
 
     def sampler(self, n: int) -> Callable:
         """``family.sample`` jitted for ``n`` samples (cached), sharded over the batch when the
@@ -89,35 +95,41 @@ class Run:
         return self._samplers[n]
 
 
-def config_to_dict(config: ml_collections.ConfigDict) -> dict:
-    return json.loads(config.to_json_best_effort())
+def config_to_dict(config: Experiment) -> dict:
+    return settings.to_dict(config)
+
+
+def _as_family(family: Any, config: Experiment, data_info: dict) -> Family:
+    """A Family from an instance, a Family subclass or a factory (config, data_info) -> Family."""
+    return family if isinstance(family, Family) else family(config, data_info)
 
 
 # ----------------------------------------------------------------------------- build
-def build(config: ml_collections.ConfigDict, devices: Optional[list] = None,
+def build(config: Experiment, devices: Optional[list] = None,
           datasets: Any = None, *, family: Family | FamilyFactory) -> Run:
     """Builds mesh, data pipelines, family, abstract sharded state and jitted steps.
 
-    ``family`` is a :class:`Family`, or a factory ``(config, data_info) -> Family`` (such as
-    :func:`jaxgen.models.make_family`, the registry, which the CLI passes). ``datasets``
-    replaces the pipelines of ``config.data`` (research code bringing its own data: any object
-    with ``train``, ``make_eval()`` and ``info`` as in :mod:`jaxgen.data`).
+    ``family`` is a :class:`Family`, a Family subclass or a factory ``(config, data_info) ->
+    Family`` (such as :func:`jaxgen.models.make_family`, the registry, which the CLI passes).
+    ``datasets`` replaces the pipelines of ``config.data`` (research code bringing its own
+    data: any object with ``train``, ``make_eval()`` and ``info`` as in :mod:`jaxgen.data`).
     """
-    mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig.from_config(config.mesh), devices)
+    mesh = mesh_lib.make_mesh(config.mesh, devices)
     n_batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
     for key in ("batch_size", "eval_batch_size"):
-        size = int(config.data[key])
+        size = int(getattr(config.data, key))
         if size % n_batch_shards:
-            raise ValueError(f"data.{key}={size} is not divisible by the {n_batch_shards} "
+            raise UsageError(f"data.{key}={size} is not divisible by the {n_batch_shards} "
                              f"data-parallel devices of the mesh {dict(mesh.shape)}")
     datasets = data_lib.make_datasets(config) if datasets is None else datasets
-    if not isinstance(family, Family):
-        family = family(config, datasets.info)
+    family = _as_family(family, config, datasets.info)
     sample_batch = next(iter(datasets.make_eval()))
     sample_batch = {k: v for k, v in sample_batch.items() if k != "mask"}
     rng = jax.random.PRNGKey(config.seed)
-    abstract = jax.eval_shape(family.init_state, rng, sample_batch)
-    state_sh = mesh_lib.state_shardings(abstract, mesh, family.param_specs)
+    with jax.set_mesh(mesh):
+        abstract = jax.eval_shape(family.init_state, rng, sample_batch)
+        specs = family.param_specs(abstract.params, mesh)
+    state_sh = mesh_lib.state_shardings(abstract, mesh, specs)
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             abstract, state_sh)
     batch_sh = mesh_lib.batch_sharding(mesh)
@@ -133,29 +145,49 @@ def init_state(run: Run, sample_batch: dict) -> Any:
     """Fresh step-0 state, created directly with its shardings (never whole on one device)."""
     sample_batch = {k: v for k, v in sample_batch.items() if k != "mask"}
     init = jax.jit(run.family.init_state, out_shardings=run.state_sharding)
-    return init(jax.random.PRNGKey(run.config.seed), sample_batch)
+    with run.active():
+        return init(jax.random.PRNGKey(run.config.seed), sample_batch)
 
 
 # ----------------------------------------------------------------------------- workdir
-def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
+def check_workdir(workdir: str, config: Experiment) -> None:
     """A workdir belongs to one experiment: refuse to mix runs of different experiments."""
-    path = os.path.join(workdir, "config.json")
+    path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
         return
-    with open(path, encoding="utf-8") as f:
-        stored = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            stored = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path} cannot be read ({e})") from None
     if stored.get("experiment") != config.experiment:
-        raise ValueError(f"workdir {workdir} belongs to experiment {stored.get('experiment')!r}, "
+        raise UsageError(f"workdir {workdir} belongs to experiment {stored.get('experiment')!r}, "
                          f"not {config.experiment!r}; choose another --workdir")
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a workdir was trained with."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise ValueError(f"{workdir} is not a jaxgen workdir (no config.json); train into it first")
-    with open(path, encoding="utf-8") as f:
-        return ml_collections.ConfigDict(json.load(f))
+load_config = experiments_lib.load_config
+
+PATH_FIELDS = ("path", "eval_path", "data_dir", "tokenizer_path")
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def absolute_data_paths(config: Experiment) -> Experiment:
+    """``config`` with its data paths made absolute (against the current directory), so the
+    workdir's config.json finds them from anywhere."""
+    changes = {f: os.path.abspath(os.path.expanduser(getattr(config.data, f)))
+               for f in PATH_FIELDS if getattr(config.data, f, "")}
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, **changes)) \
+        if changes else config
+
+
+def workdir_paths(config: Experiment, workdir: str) -> Experiment:
+    """``config`` as a run in ``workdir`` builds it: an empty ``data.tokenizer_path`` is the
+    workdir's own tokenizer file (the workdir stays self-contained and can be moved)."""
+    if getattr(config.data, "tokenizer_path", None) == "":
+        path = os.path.join(os.path.abspath(workdir), TOKENIZER_FILE)
+        return dataclasses.replace(config, data=dataclasses.replace(config.data,
+                                                                    tokenizer_path=path))
+    return config
 
 
 def restore_latest(run: Run, workdir: str, data_iterator: Any = None) -> tuple[int, Any]:
@@ -185,12 +217,12 @@ def _write_json(workdir: str, name: str, obj: Any) -> None:
         write_json(os.path.join(workdir, name), obj)
 
 
-def _write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+def _write_config(workdir: str, config: Experiment) -> None:
     """Writes workdir/config.json (process 0): only once a restore has succeeded."""
-    _write_json(workdir, "config.json", config_to_dict(config))
+    _write_json(workdir, CONFIG_FILE, config_to_dict(config))
 
 
-def datasets_for_sampling(workdir: str, config: ml_collections.ConfigDict) -> Any:
+def datasets_for_sampling(workdir: str, config: Experiment) -> Any:
     """Data-free datasets from the workdir's saved data info (None for older workdirs)."""
     path = os.path.join(workdir, DATA_INFO_FILE)
     if not os.path.exists(path):
@@ -267,12 +299,13 @@ def _compile_step(run: Run, state: Any, batch: dict) -> Callable:
     a signal during compilation meets nothing to save)."""
     t0 = time.perf_counter()
     log.info("compiling the train step")
-    compiled = run.train_step.lower(state, batch).compile()
+    with run.active():
+        compiled = run.train_step.lower(state, batch).compile()
     log.info("compiled the train step in %.1f s", time.perf_counter() - t0)
     return compiled
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, *, family: Family | FamilyFactory,
+def train(config: Experiment, workdir: str, *, family: Family | FamilyFactory,
           devices: Optional[list] = None, datasets: Any = None,
           interrupt_at: Optional[int] = None, progress: bool = True) -> Any:
     """Trains (or resumes) the experiment ``config`` in ``workdir``; returns the final state.
@@ -297,13 +330,9 @@ def _train_locked(config, workdir, family, devices, datasets, interrupt_at, prog
     check_workdir(workdir, config)
     tc = config.train
     total = int(tc.steps)
-    if total < 0:
-        raise UsageError(f"train.steps must be >= 0, got {total}")
-    nonfinite = str(tc.get("nonfinite", "stop"))
-    if nonfinite not in ("skip", "stop"):
-        raise UsageError(f"train.nonfinite must be 'skip' or 'stop', got {nonfinite!r}")
+    nonfinite = tc.nonfinite
     log.info("building %s", config.experiment or config.family)
-    run = build(config, devices, datasets, family=family)
+    run = build(workdir_paths(config, workdir), devices, datasets, family=family)
     train_iter = run.datasets.train
     cfg_dict = config_to_dict(config)
 

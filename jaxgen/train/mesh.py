@@ -10,7 +10,7 @@ reduce-scatters. This is the current JAX form of data-parallel ``pmap``: ``jit``
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import jax
 import numpy as np
@@ -22,15 +22,29 @@ BATCH_AXES = ("data", "fsdp")
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-    """Sizes of the mesh axes; ``data = -1`` takes every device the others leave."""
+    """The device mesh ("data", "fsdp", "tensor").
+
+    Attributes:
+      data: data-parallel devices (-1: every device the other axes leave).
+      fsdp: devices that parameters and optimizer state are sharded over (ZeRO-3 style).
+      tensor: devices that heads and MLP widths are split over (tensor parallelism).
+      cpu_devices: CPU-only hosts: 0 = one device per core (jaxgen.train.host), 1 = one
+        multi-threaded device, n = exactly n devices. Ignored where there is an accelerator.
+    """
 
     data: int = -1
     fsdp: int = 1
     tensor: int = 1
+    cpu_devices: int = 0
 
-    @classmethod
-    def from_config(cls, cfg: Any) -> "MeshConfig":
-        return cls(data=int(cfg.data), fsdp=int(cfg.fsdp), tensor=int(cfg.tensor))
+    def __post_init__(self):
+        sizes = (self.data, self.fsdp, self.tensor)
+        if sum(s == -1 for s in sizes) > 1 or any(s == 0 or s < -1 for s in sizes):
+            raise ValueError(f"mesh axis sizes must be positive, at most one of them -1, got "
+                             f"data={self.data}, fsdp={self.fsdp}, tensor={self.tensor}")
+        if self.cpu_devices < 0:
+            raise ValueError(f"mesh.cpu_devices must be >= 0 (0: automatic), got "
+                             f"{self.cpu_devices}")
 
 
 def mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, int, int]:
@@ -91,18 +105,17 @@ def _spec_lookup(param_specs: Any, abstract_params: Any) -> dict[tuple[str, ...]
     return {_path_key(p): (s, shapes.get(_path_key(p))) for p, s in flat_specs}
 
 
-def state_specs(abstract_state: Any, fsdp_size: int,
-                param_specs_fn: Optional[Callable[[Any], Any]] = None) -> Any:
+def state_specs(abstract_state: Any, fsdp_size: int, param_specs: Optional[Any] = None) -> Any:
     """PartitionSpecs for a whole TrainState (params, optimizer state, EMA...).
 
-    Without ``param_specs_fn`` every array leaf gets :func:`fsdp_spec`. With it (families whose
-    modules carry logical-axis annotations), parameter leaves get the family's specs, and every
-    other leaf whose key path ends with a parameter's path and has its shape (Adam's mu and nu,
-    the EMA) gets the same spec; the rest falls back to :func:`fsdp_spec`.
+    ``param_specs`` (from the family's logical axes, :meth:`Family.param_specs`) give the
+    parameters' specs; every other leaf whose key path ends with a parameter's path and has its
+    shape (Adam's mu and nu, the EMA) gets the same spec. Leaves matched by neither (research
+    families without logical axes, counters) fall back to :func:`fsdp_spec`.
     """
     lookup: dict = {}
-    if param_specs_fn is not None:
-        lookup = _spec_lookup(param_specs_fn(abstract_state.params), abstract_state.params)
+    if param_specs is not None:
+        lookup = _spec_lookup(param_specs, abstract_state.params)
 
     def spec(path, leaf):
         shape = tuple(getattr(leaf, "shape", ()))
@@ -116,10 +129,9 @@ def state_specs(abstract_state: Any, fsdp_size: int,
     return jax.tree_util.tree_map_with_path(spec, abstract_state)
 
 
-def state_shardings(abstract_state: Any, mesh: Mesh,
-                    param_specs_fn: Optional[Callable[[Any], Any]] = None) -> Any:
+def state_shardings(abstract_state: Any, mesh: Mesh, param_specs: Optional[Any] = None) -> Any:
     """NamedShardings for a TrainState on ``mesh`` (see :func:`state_specs`)."""
-    specs = state_specs(abstract_state, mesh.shape["fsdp"], param_specs_fn)
+    specs = state_specs(abstract_state, mesh.shape["fsdp"], param_specs)
     return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
 
 

@@ -32,7 +32,7 @@ LossFn = Callable[[Any, Batch, jax.Array, jax.Array], tuple[jax.Array, Metrics]]
 NONFINITE_MODES = ("skip", "stop")
 
 
-def _split_microbatches(batch: Batch, n: int) -> Batch:
+def split_microbatches(batch: Batch, n: int) -> Batch:
     """[B, ...] -> [n, B // n, ...], micro-batch i taking examples i, i+n, i+2n, ...
 
     Strided rather than contiguous, so a batch sharded over devices along B keeps every
@@ -53,7 +53,7 @@ def loss_and_grads(loss_fn: LossFn, params: Any, batch: Batch, rng: jax.Array, s
         (loss, metrics), grads = grad_fn(params, batch, rng, step)
         return loss, metrics, grads
 
-    micro = _split_microbatches(batch, grad_accum)
+    micro = split_microbatches(batch, grad_accum)
 
     def body(carry, xs):
         i, mb = xs
@@ -115,12 +115,11 @@ class EMAConfig:
             raise UsageError(f"train.ema_decay must be in [0, 1), got {self.decay}")
 
     @classmethod
-    def from_config(cls, train: Any) -> Optional["EMAConfig"]:
-        """None when ``train.ema_decay`` is 0 (no EMA)."""
-        decay = float(train.get("ema_decay", 0.0))
-        if decay == 0.0:
+    def from_train(cls, train: Any) -> Optional["EMAConfig"]:
+        """The EMA of a :class:`jaxgen.config.TrainConfig`; None when ``ema_decay`` is 0."""
+        if train.ema_decay == 0.0:
             return None
-        return cls(decay, bool(train.get("ema_warmup", False)))
+        return cls(float(train.ema_decay), bool(train.ema_warmup))
 
     def decay_at(self, step: jax.Array) -> jax.Array:
         """float32 scalar: the decay of the update made at optimizer step ``step`` (0-based)."""

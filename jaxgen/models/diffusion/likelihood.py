@@ -111,8 +111,8 @@ def vlb_terms(model_fn: ModelFn, x0: jax.Array, labels: jax.Array | None, rng: j
     if num_timesteps_sampled is not None and num_timesteps_sampled < 1:
         raise ValueError(f"num_timesteps_sampled must be >= 1, got {num_timesteps_sampled}")
     x0 = x0.astype(jnp.float32)
-    b, t_count = x0.shape[0], cfg.schedule.num_steps
-    tab = _posterior_tables(cfg.schedule, model_variance)
+    b, t_count = x0.shape[0], cfg.timesteps
+    tab = _posterior_tables(cfg.noise_schedule, model_variance)
     k_dec, k_t, k_eps = jax.random.split(rng, 3)
 
     t0 = jnp.zeros((b,), jnp.int32)
@@ -140,7 +140,7 @@ def vlb_terms(model_fn: ModelFn, x0: jax.Array, labels: jax.Array | None, rng: j
         return total + kl_term(draw(k, t), jax.random.fold_in(k_eps, k)), None
 
     total, _ = jax.lax.scan(body, jnp.zeros((b,), jnp.float32), (jnp.arange(ts.shape[0]), ts))
-    return {"prior": prior_kl(x0, cfg.schedule), "decoder": decoder, "diffusion": scale * total}
+    return {"prior": prior_kl(x0, cfg.noise_schedule), "decoder": decoder, "diffusion": scale * total}
 
 
 def nll_bits_per_dim(model_fn: ModelFn, x0: jax.Array, labels: jax.Array | None,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Literal, Optional
 
 import jax
 import jax.numpy as jnp
@@ -43,33 +44,40 @@ class DiffusionConfig:
     """What a diffusion model predicts and how it is trained (hashable; static under jit).
 
     Attributes:
-      parameterization: "eps", "v", "x0" (discrete-time VP models on ``schedule``) or "edm"
+      parameterization: eps, v, x0 (discrete-time VP models on ``schedule``) or edm
         (continuous sigma, preconditioned as in Karras et al. 2022, using ``edm``).
-      schedule: the discrete-time noise schedule (unused by "edm").
-      edm: EDM hyper-parameters (unused by the discrete-time parameterizations).
-      x0_weighting: "snr_trunc" or "plain", for parameterization "x0" only.
-      cond_drop_prob: probability of replacing a label by ``null_label`` during training.
-      null_label: the "no label" class id used for guidance (required if cond_drop_prob > 0).
+      schedule: the discrete-time noise schedule: linear (Ho et al. 2020) or cosine (Nichol &
+        Dhariwal 2021); unused by edm.
+      timesteps: T, the number of diffusion timesteps of the schedule.
+      x0_weighting: snr_trunc (max(SNR, 1), Salimans & Ho 2022) or plain; parameterization x0
+        only.
+      cond_drop_prob: probability of replacing a label by the null label during training
+        (classifier-free guidance, Ho & Salimans 2022); class-conditional models only.
+      null_label: the "no label" class id used for guidance (None: no guidance; a family sets
+        it to the number of classes).
       clip_x0: :func:`denoiser` clips x0_hat to the data range [-1, 1], as DDPM's
         ``clip_denoised`` (Ho et al. 2020); the bits/dim decoder does the same.
       sample_sigma_max: > 0 caps the first sigma of a discrete-time model's sampling grid
-        (:func:`sampling_sigmas`) at this value (Karras et al. 2022 sample from sigma 80). A cosine
-        schedule's top sigma is ~2e4: x = sigma eps is pure noise either way, but an eps model's
-        x0_hat there is ~1e3 off and a second-order step across 2e4 -> 12 is unstable. 0: no cap.
+        (:func:`sampling_sigmas`) at this value (Karras et al. 2022 sample from sigma 80). A
+        cosine schedule's top sigma is ~2e4: x = sigma eps is pure noise either way, but an eps
+        model's x0_hat there is ~1e3 off and a second-order step across 2e4 -> 12 is unstable.
+        0: no cap.
+      edm: EDM's noise levels and preconditioning (parameterization edm only).
     """
 
-    parameterization: str = "eps"
-    schedule: sch.Schedule = dataclasses.field(default_factory=sch.Schedule)
+    parameterization: Literal["eps", "v", "x0", "edm"] = "eps"
+    schedule: Literal["linear", "cosine"] = "cosine"
+    timesteps: int = 1000
+    x0_weighting: Literal["snr_trunc", "plain"] = "snr_trunc"
+    cond_drop_prob: float = 0.1
+    null_label: Optional[int] = None
+    clip_x0: bool = True
+    sample_sigma_max: float = 80.0
     edm: sch.EDMConfig = dataclasses.field(default_factory=sch.EDMConfig)
-    x0_weighting: str = "snr_trunc"
-    cond_drop_prob: float = 0.0
-    null_label: int | None = None
-    clip_x0: bool = False
-    sample_sigma_max: float = 0.0
 
     def __post_init__(self):
         if self.sample_sigma_max < 0:
-            raise ValueError(f"sample_sigma_max must be >= 0 (0: no cap), got "
+            raise ValueError(f"diffusion.sample_sigma_max must be >= 0 (0: no cap), got "
                              f"{self.sample_sigma_max}")
         if self.parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"unknown parameterization {self.parameterization!r}; expected one "
@@ -78,13 +86,23 @@ class DiffusionConfig:
             raise ValueError(f"unknown x0_weighting {self.x0_weighting!r}; expected one of "
                              f"{X0_WEIGHTINGS}")
         if not 0.0 <= self.cond_drop_prob <= 1.0:
-            raise ValueError(f"cond_drop_prob must be in [0, 1], got {self.cond_drop_prob}")
-        if self.cond_drop_prob > 0 and self.null_label is None:
-            raise ValueError("cond_drop_prob > 0 needs a null_label")
+            raise ValueError(f"diffusion.cond_drop_prob must be in [0, 1], got "
+                             f"{self.cond_drop_prob}")
+        self.noise_schedule  # validates schedule and timesteps
+
+    @property
+    def noise_schedule(self) -> sch.Schedule:
+        """The discrete-time schedule as the maths of :mod:`schedules` takes it."""
+        return sch.Schedule(self.schedule, self.timesteps)
 
     @property
     def discrete(self) -> bool:
         return self.parameterization != "edm"
+
+    @property
+    def guided(self) -> bool:
+        """Whether training drops labels for classifier-free guidance."""
+        return self.null_label is not None and self.cond_drop_prob > 0
 
 
 def bcast(a: jax.Array, x: jax.Array) -> jax.Array:
@@ -163,7 +181,7 @@ def diffusion_loss(model_fn: ModelFn, x0: jax.Array, labels: jax.Array | None,
     k_t, k_eps, k_drop = jax.random.split(rng, 3)
     b = x0.shape[0]
     x0 = x0.astype(jnp.float32)
-    if labels is not None and cfg.cond_drop_prob > 0:
+    if labels is not None and cfg.guided:
         labels = drop_labels(k_drop, labels, cfg.cond_drop_prob, cfg.null_label)
     eps = jax.random.normal(k_eps, x0.shape, jnp.float32)
     if cfg.parameterization == "edm":
@@ -171,13 +189,13 @@ def diffusion_loss(model_fn: ModelFn, x0: jax.Array, labels: jax.Array | None,
         sigma = sch.edm_sample_sigma(k_t, (b,), e.p_mean, e.p_std)
         d = edm_denoise(model_fn, x0 + bcast(sigma, x0) * eps, sigma, labels, e)
         return sch.edm_loss_weight(sigma, e.sigma_data) * _mean_per_example((d - x0) ** 2)
-    t = jax.random.randint(k_t, (b,), 0, cfg.schedule.num_steps)
-    abar = sch.alphas_cumprod(cfg.schedule)[t]
+    t = jax.random.randint(k_t, (b,), 0, cfg.timesteps)
+    abar = sch.alphas_cumprod(cfg.noise_schedule)[t]
     x_t = q_sample(x0, abar, eps)
     out = model_fn(x_t, t.astype(jnp.float32), labels)
     mse = _mean_per_example((out - training_target(cfg.parameterization, x0, eps, abar)) ** 2)
     if cfg.parameterization == "x0" and cfg.x0_weighting == "snr_trunc":
-        mse = jnp.maximum(sch.snr(cfg.schedule)[t], 1.0) * mse  # SNR from float64 tables
+        mse = jnp.maximum(sch.snr(cfg.noise_schedule)[t], 1.0) * mse  # SNR from float64 tables
     return mse
 
 
@@ -198,7 +216,7 @@ def denoiser(model_fn: ModelFn, cfg: DiffusionConfig) -> DenoiseFn:
             return edm_denoise(model_fn, x, sigma, labels, cfg.edm)
         abar = 1.0 / (1.0 + sigma**2)
         x_vp = x * bcast(jnp.sqrt(abar), x)
-        out = model_fn(x_vp, sch.sigma_to_t(cfg.schedule, sigma), labels)
+        out = model_fn(x_vp, sch.sigma_to_t(cfg.noise_schedule, sigma), labels)
         return predict_x0_eps(cfg.parameterization, out, x_vp, abar)[0]
 
     def denoise(x: jax.Array, sigma: jax.Array, labels: jax.Array | None = None) -> jax.Array:
@@ -218,7 +236,7 @@ def sampling_sigmas(cfg: DiffusionConfig, steps: int) -> jax.Array:
     if cfg.parameterization == "edm":
         e = cfg.edm
         return sch.karras_sigmas(steps, e.sigma_min, e.sigma_max, e.rho)
-    sigmas = sch.discrete_sigmas(cfg.schedule, steps)
+    sigmas = sch.discrete_sigmas(cfg.noise_schedule, steps)
     if cfg.sample_sigma_max > 0:
         top = jnp.maximum(cfg.sample_sigma_max, sigmas[1] * 1.0001)
         sigmas = sigmas.at[0].set(jnp.minimum(sigmas[0], top))

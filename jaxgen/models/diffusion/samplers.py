@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -43,21 +43,25 @@ from jaxgen.models.diffusion.objectives import DenoiseFn
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "euler", "heun")
 
 
+SamplerName = Literal["ddpm", "ddim", "dpmpp_2m", "euler", "heun"]
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
     """Sampler options (hashable; static under jit).
 
     Attributes:
-      name: one of SAMPLERS.
+      sampler: ddpm (ancestral, Ho et al. 2020), ddim (Song et al. 2021), dpmpp_2m
+        (DPM-Solver++(2M), Lu et al. 2022), euler or heun (Karras et al. 2022).
       steps: number of sampler steps (>= 1); the grid has steps + 1 sigmas.
-      eta: DDIM stochasticity (0 deterministic, 1 = DDPM); used by "ddim" only.
+      eta: DDIM stochasticity (0 deterministic, 1 = DDPM); ddim only.
       guidance: classifier-free guidance scale w (1 = the conditional model, 0 = unconditional).
-      s_churn, s_tmin, s_tmax, s_noise: Karras et al. 2022 Alg. 2 churn (S_churn = 0: none);
-        used by "euler" and "heun" only.
+      s_churn, s_tmin, s_tmax, s_noise: Karras et al. 2022 Alg. 2 churn (s_churn = 0: none);
+        euler and heun only.
     """
 
-    name: str = "heun"
-    steps: int = 18
+    sampler: SamplerName = "ddpm"
+    steps: int = 50
     eta: float = 0.0
     guidance: float = 1.0
     s_churn: float = 0.0
@@ -66,12 +70,16 @@ class SamplerConfig:
     s_noise: float = 1.0
 
     def __post_init__(self):
-        if self.name not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.name!r}; expected one of {SAMPLERS}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; expected one of {SAMPLERS}")
         if not isinstance(self.steps, (int, np.integer)) or self.steps < 1:
             raise ValueError(f"sampler steps must be an integer >= 1, got {self.steps!r}")
         if self.eta < 0 or self.s_churn < 0 or self.guidance < 0:
             raise ValueError("eta, s_churn and guidance must be >= 0")
+
+    @property
+    def name(self) -> str:
+        return self.sampler
 
 
 class SamplerState(NamedTuple):

@@ -139,7 +139,14 @@ def discrete_sigmas(schedule: Schedule, steps: int) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class EDMConfig:
-    """EDM hyper-parameters (Karras et al. 2022, Table 1 and Sec. 5)."""
+    """EDM hyper-parameters (Karras et al. 2022, Table 1 and Sec. 5).
+
+    Attributes:
+      sigma_min, sigma_max: the ends of the sampling grid (Eq. 5).
+      sigma_data: the data's standard deviation in the preconditioning.
+      rho: the grid's warping exponent (Eq. 5).
+      p_mean, p_std: training noise levels ln sigma ~ N(p_mean, p_std^2).
+    """
 
     sigma_min: float = 0.002
     sigma_max: float = 80.0

@@ -1,4 +1,4 @@
-"""The GAN family: ``make_family(config, data_info) -> Family`` (see jaxgen.models.base).
+"""The GAN family: :class:`GANFamily` (see jaxgen.models.base).
 
 A DCGAN pair (:mod:`modules`) trained with one of the losses of :mod:`losses`, an optional R1
 or gradient penalty and optional spectral norm, by the two-phase step of :mod:`step`. Each
@@ -12,84 +12,112 @@ generator (the "raw" variant). There is no likelihood, so ``eval_step`` is None.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jaxgen.models.base import Family
-from jaxgen.models.gan.hparams import SampleOptions, make_configs, make_sample_options
+from jaxgen.errors import UsageError
+from jaxgen.models.base import Family, check_label, image_data, sample_labels
+from jaxgen.models.gan.settings import GANExperiment, GANSample
 from jaxgen.models.gan.step import GANModel, GANStep
-from jaxgen.train.images import save_image_grid
-from jaxgen.train.optim import OptimConfig, make_optimizer
+from jaxgen.train.optim import make_optimizer
 from jaxgen.train.state import TrainState
 from jaxgen.train.step import EMAConfig
 
 
-def make_optimizers(config: Any, n_disc: int) -> tuple[Any, Any, OptimConfig]:
-    """(generator tx, discriminator tx, generator OptimConfig) from ``config.optim``.
-
-    Both share every setting but the learning rate (``optim.disc_lr``; 0 or missing: the same
-    as ``optim.lr``); a cosine schedule spans ``train.steps`` generator updates and
-    ``train.steps * n_disc`` discriminator updates.
-    """
-    steps = int(config.train.steps)
-    gen = dataclasses.replace(OptimConfig.from_config(config.optim), total_steps=steps)
-    disc_lr = float(config.optim.get("disc_lr", 0.0)) or gen.lr
-    disc = dataclasses.replace(gen, lr=disc_lr, total_steps=steps * n_disc)
-    return make_optimizer(gen), make_optimizer(disc), gen
+def make_optimizers(config: GANExperiment) -> tuple[Any, Any]:
+    """(generator tx, discriminator tx) from ``config.optim``: the same settings but the
+    learning rate (``optim.disc_lr``, 0: ``optim.lr``); a cosine schedule spans
+    ``train.steps`` generator updates and ``train.steps * gan.n_disc`` discriminator updates."""
+    steps, o = config.train.steps, config.optim
+    disc = dataclasses.replace(o, lr=o.disc_lr or o.lr)
+    return make_optimizer(o, steps), make_optimizer(disc, steps * config.gan.n_disc)
 
 
-def sample_labels(n: int, label: int, num_classes: int) -> jax.Array:
-    """Labels [n] of ``n`` samples: ``label``, or ``i mod num_classes`` when label is -1."""
-    if label >= 0:
-        return jnp.full((n,), label, jnp.int32)
-    return jnp.arange(n, dtype=jnp.int32) % max(num_classes, 1)
+class GANFamily(Family):
+    """A generator and a discriminator trained against each other (see the module docstring)."""
 
+    name = "gan"
+    settings = GANExperiment
+    eval_step = None
 
-def make_family(config: Any, data_info: dict) -> Family:
-    """Builds the GAN family for ``config`` (model, gan, optim, train, sample) and image data."""
-    net, obj = make_configs(config, data_info)
-    model = GANModel(net)
-    tx_gen, tx_disc, optim = make_optimizers(config, obj.n_disc)
-    ema = EMAConfig.from_config(config.train)
-    step = GANStep(model, obj, tx_gen, tx_disc, ema=ema, grad_accum=optim.grad_accum)
-    sample_cfg = config.get("sample")
+    def __init__(self, config: GANExperiment, data_info: dict):
+        super().__init__(config, data_info)
+        shape, classes = image_data("gan", data_info)
+        m, obj = config.model, config.gan
+        classes = classes if classes > 1 else 0
+        if m.conditional and not classes:
+            raise UsageError("model.conditional=True needs labelled data with more than one "
+                             f"class, but data.source={config.data.source!r} has none")
+        if m.image_shape and tuple(m.image_shape) != shape:
+            raise UsageError(f"model.image_shape={tuple(m.image_shape)} disagrees with the "
+                             f"data's {shape}; leave it () to take the data's")
+        try:
+            self.net = dataclasses.replace(m, image_shape=shape,
+                                           num_classes=classes if m.conditional else 0)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        if obj.loss == "wgan" and obj.penalty != "gp" and not m.spectral_norm:
+            raise UsageError("gan.loss='wgan' needs a Lipschitz constraint on the critic: set "
+                             "gan.penalty='gp' or model.spectral_norm=True")
+        if config.data.batch_size % obj.n_disc:
+            raise UsageError(f"data.batch_size={config.data.batch_size} does not split into "
+                             f"gan.n_disc={obj.n_disc} discriminator batches")
+        self.model = GANModel(self.net)
+        self.tx_gen, self.tx_disc = make_optimizers(config)
+        self.ema = EMAConfig.from_train(config.train)
+        self.step = GANStep(self.model, obj, self.tx_gen, self.tx_disc, ema=self.ema,
+                            grad_accum=config.optim.grad_accum)
+        self.sample_eval_variants = {"": {}, "raw": {"weights": "raw"}} if self.ema else {"": {}}
+        self.check_sample_options(self.sample_options())
 
-    def init_state(rng: jax.Array, sample_batch: dict) -> TrainState:
+    def init_params(self, rng: jax.Array) -> dict:
+        return self.model.init_params(rng)
+
+    def init_state(self, rng: jax.Array, sample_batch: dict) -> TrainState:
         del sample_batch  # shapes come from data_info
         k_init, k_state = jax.random.split(rng)
-        g_params, d_params, sn = model.init(k_init)
+        g_params, d_params, sn = self.model.init(k_init)
+        g_params, d_params = nn.meta.unbox(g_params), nn.meta.unbox(d_params)
         params = {"gen": g_params, "disc": d_params}
         return TrainState(
             step=jnp.zeros((), jnp.int32), params=params,
-            opt_state={"gen": tx_gen.init(g_params), "disc": tx_disc.init(d_params)},
+            opt_state={"gen": self.tx_gen.init(g_params), "disc": self.tx_disc.init(d_params)},
             rng=jnp.asarray(k_state, jnp.uint32),
-            ema_params=jax.tree.map(jnp.copy, g_params) if ema is not None else None,
+            ema_params=jax.tree.map(jnp.copy, g_params) if self.ema is not None else None,
             extra=None if sn is None else {"sn": sn})
 
-    def sample_options(**overrides: Any) -> SampleOptions:
-        return make_sample_options(net, ema is not None, sample_cfg, **overrides)
+    def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        """The discriminator phase, then the generator phase (:class:`GANStep`)."""
+        return self.step(state, batch)
 
-    def sample(state: TrainState, rng: jax.Array, n: int,
-               options: SampleOptions | None = None) -> jax.Array:
+    def ema_of(self, params: Any) -> Any:
+        return params["gen"]
+
+    def sample_options(self, **overrides: Any) -> GANSample:
+        if "weights" not in overrides and self.ema is None and self.config.sample.weights == "ema":
+            overrides = {**overrides, "weights": "raw"}  # the default falls back; an ask does not
+        return super().sample_options(**overrides)
+
+    def check_sample_options(self, o: GANSample) -> GANSample:
+        if o.weights == "ema" and self.ema is None:
+            raise UsageError("sample.weights='ema' but this run keeps no EMA (train.ema_decay=0); "
+                             "use sample.weights=raw")
+        check_label(self.net.num_classes, o.label)
+        return o
+
+    def sample(self, state: TrainState, rng: jax.Array, n: int,
+               options: Optional[GANSample] = None) -> jax.Array:
         """n images [n, H, W, C] in [0, 1] from the EMA (or raw) generator."""
-        options = options or sample_options()
-        use_ema = options.weights == "ema" and state.ema_params is not None
+        o = options or self.sample_options()
+        use_ema = o.weights == "ema" and state.ema_params is not None
         g_params = state.ema_params if use_ema else state.params["gen"]
-        z = jax.random.normal(rng, (n, net.z_dim), jnp.float32)
-        y = sample_labels(n, options.label, net.num_classes) if net.conditional else None
-        return (model.sample(g_params, z, y) + 1.0) * 0.5
+        z = jax.random.normal(rng, (n, self.net.z_dim), jnp.float32)
+        y = sample_labels(self.net.num_classes, o.label, n)
+        return (self.model.sample(g_params, z, y) + 1.0) * 0.5
 
-    def save_samples(samples, path: str) -> list[str]:
-        ncols = net.num_classes if net.conditional and len(samples) >= net.num_classes else None
-        return [save_image_grid(np.asarray(samples), path, ncols=ncols)]
-
-    variants = {"": {}, "raw": {"weights": "raw"}} if ema is not None else {"": {}}
-    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        return step(state, batch)
-
-    return Family("gan", init_state, train_step, None, sample, save_samples,
-                  sample_options=sample_options, sample_kind="image",
-                  sample_eval_variants=variants, ema_of=lambda params: params["gen"])
+    def grid_columns(self, n: int) -> Optional[int]:
+        c = self.net.num_classes
+        return c if c and n >= c else None

@@ -23,7 +23,8 @@ state holds no running statistics. For sampling, G first computes "standing stat
 sampled (EMA or raw), then generates with those: a sample depends on its own z and the weights
 only, never on n or on the other samples, and the EMA generator gets statistics of its own.
 
-Discriminator: stride-2 4x4 convolutions (:class:`PatchConv`) with w, 2w, 4w feature maps and LeakyReLU(0.2)
+Discriminator: stride-2 4x4 convolutions (``nn.Conv``, or the same as :class:`PatchConv` with
+``disc_conv="patch"``) with w, 2w, 4w feature maps and LeakyReLU(0.2)
 (28 -> 14 -> 7 -> 4, or 32 -> 16 -> 8 -> 4), flattened to phi(x) [B, 64w] ->
 logit psi(phi(x)) = Dense(1). The projection discriminator (Miyato & Koyama 2018) adds
 <embed(y), phi(x)>. With ``spectral_norm`` every layer (the embedding included) is wrapped in
@@ -37,7 +38,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxgen.models.gan.hparams import NetConfig
+from jaxgen.models.gan.settings import NetConfig
+from jaxgen.nn.layers import CONV_AXES, LECUN, ONES, ZEROS, conv, dense, dtype_of, embed
+from jaxgen.nn.partitioning import with_axes
 
 LEAK = 0.2
 
@@ -76,25 +79,31 @@ class Generator(nn.Module):
         s = start_size(size)
         stages = 2 if size == 28 else 3
 
+        kw = dict(dtype=c.dtype, param_dtype=c.param_dtype)
+
         def norm(h, name):
             if c.gen_norm != "batch":
                 return h
             return nn.BatchNorm(use_running_average=use_running_average, momentum=0.0,
-                                name=name)(h)
+                                dtype=dtype_of(c.dtype), param_dtype=dtype_of(c.param_dtype),
+                                scale_init=with_axes(ONES, ("norm",)),
+                                bias_init=with_axes(ZEROS, ("norm",)), name=name)(h)
 
+        z = z.astype(dtype_of(c.dtype))
         if c.conditional:
-            z = jnp.concatenate([z, nn.Embed(c.num_classes, c.z_dim, name="label_embed")(y)], -1)
+            z = jnp.concatenate([z, embed(c.num_classes, c.z_dim, name="label_embed",
+                                          **kw)(y)], -1)
         width = c.gen_width * 2 ** stages
-        h = nn.Dense(s * s * width, name="project")(z).reshape(z.shape[0], s, s, width)
-        h = nn.relu(norm(h, "project_norm"))                         # [B, s, s, 2^stages w]
+        h = dense(s * s * width, ("embed", "mlp"), name="project", **kw)(z)
+        h = nn.relu(norm(h.reshape(z.shape[0], s, s, width), "project_norm"))
         for i in range(stages):
             last = i == stages - 1
             width = channels if last else width // 2
-            h = nn.Conv(4 * width, (3, 3), padding="SAME", name=f"up_{i}")(h)
+            h = conv(4 * width, (3, 3), padding="SAME", name=f"up_{i}", **kw)(h)
             h = depth_to_space(h)                                    # resolution x2
             if not last:
                 h = nn.relu(norm(h, f"up_{i}_norm"))
-        return jnp.tanh(h)                                           # [B, H, W, C]
+        return jnp.tanh(h.astype(jnp.float32))                       # [B, H, W, C]
 
 
 class PatchConv(nn.Module):
@@ -111,13 +120,19 @@ class PatchConv(nn.Module):
     features: int
     kernel_size: int = 4
     stride: int = 2
+    dtype: str = "float32"
+    param_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         k, s = self.kernel_size, self.stride
         _, h, w, cin = x.shape
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, cin, self.features))
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        pdt, dt = dtype_of(self.param_dtype), dtype_of(self.dtype)
+        kernel = self.param("kernel", with_axes(LECUN, CONV_AXES), (k, k, cin, self.features),
+                            pdt).astype(dt)
+        bias = self.param("bias", with_axes(ZEROS, ("conv_out",)), (self.features,),
+                          pdt).astype(dt)
+        x = x.astype(dt)
         ho, wo = -(-h // s), -(-w // s)
         ph, pw = max((ho - 1) * s + k - h, 0), max((wo - 1) * s + k - w, 0)
         xp = jnp.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)))
@@ -125,6 +140,27 @@ class PatchConv(nn.Module):
                 for i in range(k) for j in range(k)]
         patches = jnp.concatenate(cols, axis=-1)                     # [B, ho, wo, k*k*C_in]
         return patches @ kernel.reshape(k * k * cin, self.features) + bias
+
+
+class SpectralNorm(nn.SpectralNorm):
+    """Flax's ``nn.SpectralNorm`` (Miyato et al. 2018) for layers whose parameters carry logical
+    axis names: Flax's version maps over the parameter tree with the name boxes as nodes (their
+    key paths then end in ``.value``, which its variable naming cannot read); this one treats
+    each box as one parameter and keeps its names. The same ``u``/``sigma`` variables and
+    values as Flax's."""
+
+    @nn.compact
+    def __call__(self, *args, update_stats: bool, **kwargs):
+        def normalize(path, v):
+            if isinstance(v, nn.meta.AxisMetadata):
+                return v.replace_boxed(self._spectral_normalize(path, v.unbox(), update_stats))
+            return self._spectral_normalize(path, v, update_stats)
+
+        return nn.map_variables(
+            lambda layer: layer(*args, **kwargs),
+            trans_in_fn=lambda vs: jax.tree_util.tree_map_with_path(
+                normalize, vs, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata)),
+            init=self.is_initializing(), mutable=True)(self.layer_instance)
 
 
 class Discriminator(nn.Module):
@@ -140,22 +176,27 @@ class Discriminator(nn.Module):
         """``layer(x)``, spectrally normalised when the config asks for it."""
         if not self.cfg.spectral_norm:
             return layer(x)
-        sn = nn.SpectralNorm(layer, n_steps=self.cfg.sn_steps, name=f"sn_{layer.name}")
+        sn = SpectralNorm(layer, n_steps=self.cfg.sn_steps, name=f"sn_{layer.name}")
         return sn(x, update_stats=update_stats)
 
     @nn.compact
     def __call__(self, x: jax.Array, y: jax.Array | None = None, *,
                  update_stats: bool = False) -> jax.Array:
         c = self.cfg
-        h = x
+        kw = dict(dtype=c.dtype, param_dtype=c.param_dtype)
+        h = x.astype(dtype_of(c.dtype))
         for i, width in enumerate((c.disc_width, 2 * c.disc_width, 4 * c.disc_width)):
-            conv = PatchConv(width, 4, 2, name=f"down_{i}")
-            h = nn.leaky_relu(self._call(conv, h, update_stats), LEAK)
+            if c.disc_conv == "patch":
+                layer = PatchConv(width, 4, 2, name=f"down_{i}", **kw)
+            else:
+                layer = conv(width, (4, 4), strides=2, padding="SAME", name=f"down_{i}", **kw)
+            h = nn.leaky_relu(self._call(layer, h, update_stats), LEAK)
         phi = h.reshape(h.shape[0], -1)                              # [B, 64 w]
-        logit = self._call(nn.Dense(1, name="psi"), phi, update_stats)[:, 0]
+        logit = self._call(dense(1, ("mlp", None), name="psi", **kw), phi,
+                           update_stats)[:, 0].astype(jnp.float32)
         if c.conditional:
             # Projection discriminator (Miyato & Koyama 2018): + <embed(y), phi(x)>.
-            emb = self._call(nn.Embed(c.num_classes, phi.shape[-1], name="label_embed"), y,
-                             update_stats)
-            logit = logit + jnp.sum(emb * phi, axis=-1)
+            emb = self._call(embed(c.num_classes, phi.shape[-1], name="label_embed",
+                                   axes=("classes", "mlp"), **kw), y, update_stats)
+            logit = logit + jnp.sum((emb * phi).astype(jnp.float32), axis=-1)
         return logit                                                 # [B]

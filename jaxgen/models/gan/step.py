@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxgen.models.gan import losses
-from jaxgen.models.gan.hparams import NetConfig, ObjectiveConfig
+from jaxgen.models.gan.settings import NetConfig, ObjectiveConfig
 from jaxgen.models.gan.modules import STANDING_BATCH, Discriminator, Generator
 from jaxgen.train.state import TrainState
 from jaxgen.train.step import (
@@ -47,9 +47,7 @@ from jaxgen.train.step import (
     loss_and_grads,
     select_tree,
 )
-
-# The strided micro-batch split of the shared step: slice i takes examples i, i+n, i+2n, ...
-from jaxgen.train.step import _split_microbatches as split_strided
+from jaxgen.train.step import split_microbatches as split_strided  # slice i: i, i+n, i+2n, ...
 
 Batch = dict[str, jax.Array]
 
@@ -75,6 +73,11 @@ class GANModel:
         g_vars = Generator(c).init({"params": k_g}, z, y)
         d_vars = Discriminator(c).init({"params": k_d}, x, y)
         return g_vars["params"], d_vars["params"], d_vars.get("batch_stats")
+
+    def init_params(self, rng: jax.Array) -> dict:
+        """{"gen", "disc"} parameters as ``init`` returns them (logical-axis boxes included)."""
+        g, d, _ = self.init(rng)
+        return {"gen": g, "disc": d}
 
     def generate(self, g_params: Any, z: jax.Array, y: jax.Array | None) -> jax.Array:
         """z [B, z_dim], labels [B] -> images [B, H, W, C] in [-1, 1], normalised with the

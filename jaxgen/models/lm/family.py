@@ -3,44 +3,43 @@
 Batches are ``{"tokens": int32 [B, T + 1]}``: inputs ``tokens[:, :-1]``, targets ``tokens[:, 1:]``
 (eval batches add ``"mask"`` float32 [B]). The loss is the mean next-token cross-entropy in nats;
 evaluation returns its sum and the token count, plus bits per character (``bpc``, for char and
-byte tokenizers) or bits per token.
-
-Config keys read: ``model.*`` (fields of :class:`LMConfig`, ``vocab_size`` comes from the data,
-``max_len`` 0 = the data's ``seq_len``), ``optim.*``, ``train.steps``, ``mesh.fsdp/tensor``,
-``data.tokenizer`` and ``sample.*`` (``prompt``, ``max_new_tokens`` 0 = fill the context,
-``greedy``, ``temperature``, ``top_k``, ``top_p``, ``stop_token`` "" = none).
+byte tokenizers) or bits per token. Evaluation and sampling use the EMA of the weights when the
+run keeps one (``train.ema_decay > 0``).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Optional
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import PartitionSpec as P
 
-from jaxgen.models.base import Family
+from jaxgen.errors import UsageError
+from jaxgen.models.base import LossFamily, sampling_params
 from jaxgen.models.lm.decode import check_prompt, generate_long
-from jaxgen.models.lm.model import LOGICAL_RULES, LMConfig, Transformer
+from jaxgen.models.lm.model import LMConfig, Transformer
 from jaxgen.models.lm.sampling import make_strategy
-from jaxgen.train.optim import OptimConfig, make_optimizer
-from jaxgen.train.state import create_state
-from jaxgen.train.step import EMAConfig, make_train_step
+from jaxgen.models.lm.settings import LMExperiment, LMSample
+from jaxgen.train.state import TrainState
 from jaxgen.train.workdir import write_atomic
 
 
-def lm_config(config: Any, data_info: dict) -> LMConfig:
-    """The model's :class:`LMConfig` from ``config.model`` and the data's vocabulary and length."""
-    model = config.model
-    max_len = int(model.get("max_len", 0) or data_info.get("seq_len", 0))
-    return LMConfig.from_config(model, vocab_size=int(data_info["vocab_size"]), max_len=max_len)
+def lm_config(config: LMExperiment, data_info: dict) -> LMConfig:
+    """The model's :class:`LMConfig` with the data's vocabulary and, unless set, its length."""
+    m = config.model
+    vocab = int(data_info["vocab_size"])
+    if m.vocab_size not in (0, vocab):
+        raise UsageError(f"model.vocab_size={m.vocab_size} disagrees with the tokenizer's "
+                         f"{vocab}; leave it 0 to take the data's")
+    return dataclasses.replace(m, vocab_size=vocab,
+                               max_len=m.max_len or int(data_info.get("seq_len", 0)))
 
 
-def token_losses(config: LMConfig, params: Any, tokens: jax.Array, rng: jax.Array | None = None) -> jax.Array:
+def token_losses(config: LMConfig, params: Any, tokens: jax.Array,
+                 rng: Optional[jax.Array] = None) -> jax.Array:
     """Per-token next-token cross-entropy (nats), float32 [B, T], of tokens int32 [B, T + 1].
 
     Dropout is active iff ``rng`` is given and ``config.dropout > 0``.
@@ -51,96 +50,107 @@ def token_losses(config: LMConfig, params: Any, tokens: jax.Array, rng: jax.Arra
     return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
 
 
-def mesh_param_specs(config: LMConfig, mesh_sizes: dict[str, int]) -> Any:
-    """PartitionSpecs (mesh axis names) of the unboxed params, from their logical axes.
+class LMFamily(LossFamily):
+    """A Transformer LM and its KV-cache decoder (see the module docstring)."""
 
-    A mesh axis that does not divide a dimension is dropped for that dimension (replicated).
-    """
-    boxed = jax.eval_shape(Transformer(config).init, jax.random.PRNGKey(0),
-                           jnp.zeros((1, config.max_len), jnp.int32))["params"]
-    logical = nn.get_partition_spec(boxed)
-    mesh_specs = nn.logical_to_mesh(logical, LOGICAL_RULES)
-    shapes = nn.meta.unbox(boxed)
+    name = "lm"
+    settings = LMExperiment
+    sample_suffix = ".txt"
+    sample_kind = "text"
 
-    def fit(spec, shape):
-        axes = []
-        for dim, axis in zip(shape.shape, tuple(spec) + (None,) * (len(shape.shape) - len(spec))):
-            size = math.prod(mesh_sizes.get(a, 1) for a in ((axis,) if isinstance(axis, str) else axis or ()))
-            axes.append(axis if axis is not None and dim % size == 0 else None)
-        return P(*axes)
+    def __init__(self, config: LMExperiment, data_info: dict):
+        if data_info.get("kind", "text") != "text":
+            raise UsageError(f"the lm family needs text data, got {data_info.get('kind')!r}")
+        self.cfg = lm_config(config, data_info)
+        self.tokenizer = data_info.get("tokenizer")
+        self.bits_key = "bpc" if config.data.tokenizer in ("char", "byte") else "bits_per_token"
+        super().__init__(config, data_info)
+        self.check_sample_options(config.sample)
 
-    return jax.tree.map(fit, mesh_specs, shapes, is_leaf=lambda x: isinstance(x, P))
+    @property
+    def model(self) -> Transformer:
+        return Transformer(self.cfg)
 
+    def init_params(self, rng: jax.Array) -> Any:
+        return self.model.init(rng, jnp.zeros((1, self.cfg.max_len), jnp.int32))["params"]
 
-def make_family(config: Any, data_info: dict) -> Family:
-    """Builds the LM family for ``config`` (an experiment ConfigDict) and the text data's info."""
-    if data_info.get("kind", "text") != "text":
-        raise ValueError(f"the lm family needs text data, got {data_info.get('kind')!r}")
-    cfg = lm_config(config, data_info)
-    model = Transformer(cfg)
-    optim = dataclasses.replace(OptimConfig.from_config(config.optim), total_steps=int(config.train.steps))
-    tx = make_optimizer(optim)
-    tokenizer = data_info.get("tokenizer")
-    bits_key = "bpc" if config.data.get("tokenizer", "char") in ("char", "byte") else "bits_per_token"
-
-    sc = config.get("sample", {})
-    prompt_text = sc.get("prompt", "\n")
-    prompt = np.asarray([tokenizer.encode(prompt_text) if tokenizer is not None else [0]], np.int32)
-    max_new = int(sc.get("max_new_tokens", 0)) or cfg.max_len - prompt.shape[1]
-    check_prompt(cfg, prompt, min(max_new, cfg.max_len - prompt.shape[1]))
-    if prompt.shape[1] + max_new > cfg.max_len and cfg.positions != "rope":
-        raise ValueError(f"sample.max_new_tokens={max_new} goes past the model context of "
-                         f"{cfg.max_len}, which needs rotary positions (model.positions=rope)")
-    strategy = make_strategy(greedy=bool(sc.get("greedy", False)), temperature=float(sc.get("temperature", 1.0)),
-                             top_k=int(sc.get("top_k", 0)), top_p=float(sc.get("top_p", 1.0)))
-    stop_text = sc.get("stop_token", "")
-    stop = None
-    if stop_text:
-        ids = tokenizer.encode(stop_text)
-        if len(ids) != 1:
-            raise ValueError(f"sample.stop_token {stop_text!r} is not a single token")
-        stop = int(ids[0])
-
-    def loss_fn(params, batch, rng, step):
+    def loss_fn(self, params, batch, rng, step):
         del step
-        loss = jnp.mean(token_losses(cfg, params, batch["tokens"], rng))
+        loss = jnp.mean(token_losses(self.cfg, params, batch["tokens"], rng))
         return loss, {"bits_per_token": loss / math.log(2)}
 
-    def init_state(rng, batch):
-        params = model.init(rng, jnp.asarray(batch["tokens"][:1, :-1], jnp.int32))["params"]
-        return create_state(nn.meta.unbox(params), tx, rng,
-                            ema=EMAConfig.from_config(config.train) is not None)
-
-    def eval_step(state, batch):
-        losses = token_losses(cfg, state.params, batch["tokens"])
+    def eval_step(self, state: TrainState, batch: dict) -> dict:
+        losses = token_losses(self.cfg, sampling_params(state), batch["tokens"])
         mask = batch["mask"].astype(jnp.float32)[:, None] * jnp.ones_like(losses)
         total = jnp.sum(losses * mask)
-        return {"val_loss": total, bits_key: total / math.log(2), "count": jnp.sum(mask)}
+        return {"val_loss": total, self.bits_key: total / math.log(2), "count": jnp.sum(mask)}
 
-    def sample(state, rng, n, options=None):
-        prompts = jnp.asarray(np.repeat(prompt, n, axis=0))
-        return generate_long(cfg, state.params, prompts, rng, strategy, max_new_tokens=max_new,
-                             stop_token=stop)
+    # --------------------------------------------------------------------------- decoding
+    def encode(self, text: str) -> np.ndarray:
+        """Token ids int32 [T] of ``text`` under the run's tokenizer."""
+        if self.tokenizer is None:
+            raise UsageError("this run has no tokenizer")
+        return np.asarray(self.tokenizer.encode(text), np.int32)
 
-    def save_samples(tokens, path):
+    def decode(self, tokens: Any) -> str:
+        """The text of token ids [T]."""
+        if self.tokenizer is None:
+            raise UsageError("this run has no tokenizer")
+        return self.tokenizer.decode([int(t) for t in np.asarray(tokens).reshape(-1)])
+
+    def _prompt(self, o: LMSample) -> np.ndarray:
+        return self.encode(o.prompt)[None] if self.tokenizer is not None else np.zeros((1, 1), np.int32)
+
+    def _stop(self, o: LMSample) -> Optional[int]:
+        if not o.stop_token:
+            return None
+        ids = self.encode(o.stop_token)
+        if len(ids) != 1:
+            raise UsageError(f"sample.stop_token {o.stop_token!r} is not a single token")
+        return int(ids[0])
+
+    def _max_new(self, o: LMSample, prompt_len: int) -> int:
+        return o.max_new_tokens or self.cfg.max_len - prompt_len
+
+    def check_sample_options(self, o: LMSample) -> LMSample:
+        prompt = self._prompt(o)
+        max_new = self._max_new(o, prompt.shape[1])
+        try:
+            check_prompt(self.cfg, prompt, min(max_new, self.cfg.max_len - prompt.shape[1]))
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        if prompt.shape[1] + max_new > self.cfg.max_len and self.cfg.positions != "rope":
+            raise UsageError(f"sample.max_new_tokens={max_new} goes past the model context of "
+                             f"{self.cfg.max_len}, which needs rotary positions "
+                             "(model.positions=rope)")
+        self._stop(o)
+        return o
+
+    def sample(self, state: TrainState, rng: jax.Array, n: int,
+               options: Optional[LMSample] = None) -> jax.Array:
+        """Tokens int32 [n, P + max_new_tokens]: the prompt and its continuations."""
+        o = options or self.config.sample
+        prompt = self._prompt(o)
+        strategy = make_strategy(greedy=o.greedy, temperature=o.temperature, top_k=o.top_k,
+                                 top_p=o.top_p)
+        return generate_long(self.cfg, sampling_params(state), jnp.asarray(np.repeat(prompt, n, 0)),
+                             rng, strategy, max_new_tokens=self._max_new(o, prompt.shape[1]),
+                             stop_token=self._stop(o))
+
+    def texts(self, tokens: Any, options: Optional[LMSample] = None) -> list[str]:
+        """The texts of sampled tokens [n, T], each cut after its stop token."""
+        o = options or self.config.sample
+        p, stop = self._prompt(o).shape[1], self._stop(o)
         texts = []
         for row in np.asarray(tokens).tolist():
-            gen = row[prompt.shape[1]:]
+            gen = row[p:]
             if stop is not None and stop in gen:
                 gen = gen[:gen.index(stop) + 1]
-            texts.append(tokenizer.decode(row[:prompt.shape[1]] + gen))
-        write_atomic(path, "\n\n==========\n\n".join(texts) + "\n")
-        return [path]
+            texts.append(self.decode(row[:p] + gen))
+        return texts
 
-    mesh_sizes = {"fsdp": int(config.mesh.get("fsdp", 1)), "tensor": int(config.mesh.get("tensor", 1))}
-    ema = EMAConfig.from_config(config.train)
-    return Family(
-        name="lm",
-        init_state=init_state,
-        train_step=make_train_step(loss_fn, tx, grad_accum=optim.grad_accum, ema=ema),
-        eval_step=eval_step,
-        sample=sample,
-        save_samples=save_samples,
-        sample_suffix=".txt",
-        param_specs=lambda abstract_params: mesh_param_specs(cfg, mesh_sizes),
-    )
+    def save_samples(self, samples: Any, path: str) -> list[str]:
+        if path.endswith(".npz"):
+            return super().save_samples(samples, path)
+        write_atomic(path, "\n\n==========\n\n".join(self.texts(samples)) + "\n")
+        return [path]

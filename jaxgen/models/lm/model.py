@@ -6,87 +6,97 @@ Llama-style models: rotary positions (Su et al. 2021) or learned absolute positi
 (Ainslie et al. 2023), optional weight tying of the embedding and the output head (Press & Wolf
 2017). Layers can be unrolled or scanned (``nn.scan``, parameters stacked on a leading "layers"
 axis) and rematerialised (Chen et al. 2016). Every parameter carries logical axis names; see
-:data:`LOGICAL_RULES` for how they map onto the ("data", "fsdp", "tensor") mesh.
+:mod:`jaxgen.nn.partitioning` for how they map onto the ("data", "fsdp", "tensor") mesh.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jaxgen.nn.attention import SelfAttention, init_cache, rope_tables
-from jaxgen.nn.kernels import KERNELS
-from jaxgen.nn.layers import MLP, Linear, dtype_of, make_norm
-
-# logical axis name -> mesh axis (None: replicated)
-LOGICAL_RULES = (
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("vocab", "tensor"),
-    ("norm", None),
-    ("layers", None),
-)
-
-REMAT_POLICIES = ("none", "full", "dots")
+from jaxgen.nn.kernels import KernelName
+from jaxgen.nn.layers import MLP, DType, dense_general, dtype_of, embed, norm
 
 
 @dataclasses.dataclass(frozen=True)
 class LMConfig:
     """Shape and numerics of the Transformer (hashable; safe to close over in jitted code).
 
-    ``num_kv_heads=0`` means as many as ``num_heads`` (plain multi-head attention); ``mlp_hidden=0``
-    means 4 D for GELU and the parameter-matched 8/3 D (rounded up to a multiple of 32) for SwiGLU.
+    Attributes:
+      vocab_size: tokens in the vocabulary (0: the data's tokenizer sets it).
+      max_len: the context, in tokens (0: data.seq_len).
+      num_layers: Transformer blocks.
+      num_heads: query heads.
+      num_kv_heads: key/value heads (0: as many as num_heads; fewer is grouped-query attention,
+        Ainslie et al. 2023).
+      d_model: the residual stream's width.
+      mlp: swiglu (Shazeer 2020) or gelu (GPT-2).
+      mlp_hidden: the MLP's hidden width (0: 4 d_model for gelu, the parameter-matched
+        8/3 d_model rounded up to a multiple of 32 for swiglu).
+      norm: rmsnorm (Zhang & Sennrich 2019) or layernorm (Ba et al. 2016).
+      positions: rope (rotary, Su et al. 2021) or learned (absolute, GPT-2).
+      rope_base: the rotary embedding's base wavelength.
+      tie_embeddings: the output head is the transposed token embedding (Press & Wolf 2017).
+      use_bias: biases in the projections and the LayerNorms.
+      dropout: dropout rate on the residual branches and the embeddings while training.
+      scan_layers: stack the blocks' parameters and run them with ``nn.scan`` (compile time
+        stays flat in depth).
+      remat: rematerialise each block in the backward pass: none, full or dots (keep the
+        matmul outputs; Chen et al. 2016).
+      dtype: compute dtype.
+      param_dtype: parameter dtype.
+      attention_kernel: the kernel of :func:`jaxgen.nn.kernels.attention` ("auto": chosen for
+        the platform, shapes and dtype).
+      init_std: the standard deviation of the normal initialisation (GPT-2's 0.02; output
+        projections get init_std / sqrt(2 num_layers)).
     """
 
-    vocab_size: int
-    max_len: int = 256
+    vocab_size: int = 0
+    max_len: int = 0
     num_layers: int = 4
     num_heads: int = 4
     num_kv_heads: int = 0
     d_model: int = 128
-    mlp: str = "swiglu"            # swiglu | gelu
+    mlp: Literal["swiglu", "gelu"] = "swiglu"
     mlp_hidden: int = 0
-    norm: str = "rmsnorm"          # rmsnorm | layernorm
-    positions: str = "rope"        # rope | learned
+    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    positions: Literal["rope", "learned"] = "rope"
     rope_base: float = 10000.0
     tie_embeddings: bool = False
     use_bias: bool = False
     dropout: float = 0.0
     scan_layers: bool = False
-    remat: str = "none"            # none | full | dots
-    dtype: str = "float32"         # compute dtype
-    param_dtype: str = "float32"
-    attention_kernel: str = "auto"
+    remat: Literal["none", "full", "dots"] = "none"
+    dtype: DType = "float32"
+    param_dtype: DType = "float32"
+    attention_kernel: KernelName = "auto"
     init_std: float = 0.02
 
     def __post_init__(self):
         checks = [
-            (self.vocab_size > 0, f"vocab_size must be positive, got {self.vocab_size}"),
-            (self.max_len > 0, f"max_len must be positive, got {self.max_len}"),
-            (self.num_layers > 0, f"num_layers must be positive, got {self.num_layers}"),
+            (self.vocab_size >= 0, f"model.vocab_size must be >= 0 (0: the data's), got {self.vocab_size}"),
+            (self.max_len >= 0, f"model.max_len must be >= 0 (0: data.seq_len), got {self.max_len}"),
+            (self.num_layers > 0, f"model.num_layers must be positive, got {self.num_layers}"),
             (self.num_heads > 0 and self.d_model % self.num_heads == 0,
-             f"d_model ({self.d_model}) must be a positive multiple of num_heads ({self.num_heads})"),
-            (self.num_heads % self.kv_heads == 0 if self.kv_heads > 0 else False,
-             f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"),
-            (self.mlp in ("swiglu", "gelu"), f"unknown mlp {self.mlp!r}; use 'swiglu' or 'gelu'"),
-            (self.norm in ("rmsnorm", "layernorm"), f"unknown norm {self.norm!r}; use 'rmsnorm' or 'layernorm'"),
-            (self.positions in ("rope", "learned"), f"unknown positions {self.positions!r}; use 'rope' or 'learned'"),
+             f"model.d_model ({self.d_model}) must be a positive multiple of model.num_heads "
+             f"({self.num_heads})"),
+            (self.num_kv_heads >= 0 and self.num_heads % self.kv_heads == 0,
+             f"model.num_heads ({self.num_heads}) must be a multiple of model.num_kv_heads "
+             f"({self.num_kv_heads})"),
             (self.positions != "rope" or self.head_dim % 2 == 0,
              f"rope needs an even head dimension, got {self.head_dim}"),
-            (self.remat in REMAT_POLICIES, f"unknown remat {self.remat!r}; use one of {', '.join(REMAT_POLICIES)}"),
-            (self.attention_kernel in KERNELS,
-             f"unknown attention kernel {self.attention_kernel!r}; use one of {', '.join(KERNELS)}"),
-            (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
+            (0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}"),
+            (self.mlp_hidden >= 0 and self.init_std > 0,
+             "model.mlp_hidden must be >= 0 and model.init_std positive"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
-        dtype_of(self.dtype), dtype_of(self.param_dtype)
 
     @property
     def kv_heads(self) -> int:
@@ -104,15 +114,6 @@ class LMConfig:
             return 4 * self.d_model
         return 32 * math.ceil(8 * self.d_model / 3 / 32)
 
-    @classmethod
-    def from_config(cls, cfg: Any, **overrides) -> "LMConfig":
-        """From a ConfigDict/dict (``config.model``), ignoring keys this dataclass lacks."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        d = dict(cfg.items()) if hasattr(cfg, "items") else dict(cfg)
-        d = {k: v for k, v in d.items() if k in names}
-        d.update(overrides)
-        return cls(**d)
-
 
 def _remat_policy(name: str):
     return {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}[name]
@@ -127,16 +128,18 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x, cache, rope, mask, cache_index):
         c = self.config
-        dt, pdt = dtype_of(c.dtype), dtype_of(c.param_dtype)
-        out_init = nn.initializers.normal(c.init_std / math.sqrt(2 * c.num_layers))  # GPT-2 scaling
-        h = make_norm(c.norm, use_bias=c.use_bias, dtype=dt, param_dtype=pdt, name="attn_norm")(x)
+        kw = dict(dtype=c.dtype, param_dtype=c.param_dtype)
+        init = nn.initializers.normal(c.init_std)
+        out_init = nn.initializers.normal(c.init_std / math.sqrt(2 * c.num_layers))  # GPT-2
+        h = norm(c.norm, use_bias=c.use_bias, name="attn_norm", **kw)(x)
         h, new_cache = SelfAttention(c.num_heads, c.kv_heads, c.head_dim, use_bias=c.use_bias,
-                                     kernel=c.attention_kernel, out_init=out_init, dtype=dt,
-                                     param_dtype=pdt, name="attn")(h, rope, cache, mask, cache_index)
+                                     kernel=c.attention_kernel, kernel_init=init,
+                                     out_init=out_init, name="attn", **kw)(h, rope, cache, mask,
+                                                                             cache_index)
         x = x + nn.Dropout(c.dropout)(h, deterministic=self.deterministic)
-        h = make_norm(c.norm, use_bias=c.use_bias, dtype=dt, param_dtype=pdt, name="mlp_norm")(x)
-        h = MLP(c.hidden, c.mlp, use_bias=c.use_bias, out_init=out_init, dtype=dt, param_dtype=pdt,
-                name="mlp")(h)
+        h = norm(c.norm, use_bias=c.use_bias, name="mlp_norm", **kw)(x)
+        h = MLP(c.hidden, c.mlp, use_bias=c.use_bias, kernel_init=init, out_init=out_init,
+                name="mlp", **kw)(h)
         x = x + nn.Dropout(c.dropout)(h, deterministic=self.deterministic)
         return x, new_cache
 
@@ -155,18 +158,20 @@ class Transformer(nn.Module):
     def __call__(self, tokens: jax.Array, *, cache: Optional[dict] = None,
                  cache_index: Optional[jax.Array] = None, deterministic: bool = True):
         c = self.config
-        dt, pdt = dtype_of(c.dtype), dtype_of(c.param_dtype)
+        if c.vocab_size < 1 or c.max_len < 1:
+            raise ValueError("LMConfig.vocab_size and max_len must be set (> 0) to build a model")
+        dt = dtype_of(c.dtype)
         t = tokens.shape[1]
         init = nn.initializers.normal(c.init_std)
-        embedding = self.param("embedding", nn.with_logical_partitioning(init, ("vocab", "embed")),
-                               (c.vocab_size, c.d_model), pdt)
-        x = jnp.take(embedding, tokens, axis=0).astype(dt)
+        tok_embed = embed(c.vocab_size, c.d_model, init=init, axes=("vocab", "embed"),
+                          dtype=c.dtype, param_dtype=c.param_dtype, name="embed")
+        x = tok_embed(tokens).astype(dt)
         start = jnp.zeros((), jnp.int32) if cache_index is None else jnp.asarray(cache_index, jnp.int32)
         positions = start + jnp.arange(t, dtype=jnp.int32)
         if c.positions == "learned":
-            pos_embedding = self.param("pos_embedding", nn.with_logical_partitioning(init, (None, "embed")),
-                                       (c.max_len, c.d_model), pdt)
-            x = x + jnp.take(pos_embedding, positions, axis=0).astype(dt)[None]
+            pos_embed = embed(c.max_len, c.d_model, init=init, axes=(None, "embed"),
+                              dtype=c.dtype, param_dtype=c.param_dtype, name="pos_embed")
+            x = x + pos_embed(positions).astype(dt)[None]
         x = nn.Dropout(c.dropout)(x, deterministic=deterministic)
         rope = rope_tables(positions, c.head_dim, c.rope_base) if c.positions == "rope" else None
         mask = None
@@ -189,19 +194,20 @@ class Transformer(nn.Module):
                 new_layers.append(lc)
             new_cache = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *new_layers)
 
-        x = make_norm(c.norm, use_bias=c.use_bias, dtype=dt, param_dtype=pdt, name="final_norm")(x)
+        x = norm(c.norm, use_bias=c.use_bias, dtype=c.dtype, param_dtype=c.param_dtype,
+                 name="final_norm")(x)
         if c.tie_embeddings:
-            logits = jnp.dot(x, embedding.astype(dt).T)
+            logits = tok_embed.attend(x)
         else:
-            logits = Linear(c.vocab_size, ("embed", "vocab"), kernel_init=init, dtype=dt,
-                            param_dtype=pdt, name="head")(x)
+            logits = dense_general(c.vocab_size, ("embed", "vocab"), kernel_init=init,
+                                   dtype=c.dtype, param_dtype=c.param_dtype, name="head")(x)
         logits = logits.astype(jnp.float32)
         return logits if cache is None else (logits, new_cache)
 
 
 def make_cache(config: LMConfig, batch: int, length: int) -> dict:
     """Zero KV cache for all layers: {"k", "v"} each [L, B, length, K, H] in the compute dtype."""
-    one = init_cache(batch, length, config.kv_heads, config.head_dim, dtype_of(config.dtype))
+    one = init_cache(batch, length, config.kv_heads, config.head_dim, config.dtype)
     return jax.tree.map(lambda a: jnp.zeros((config.num_layers,) + a.shape, a.dtype), one)
 
 

@@ -1,6 +1,6 @@
 """Variational autoencoders (Kingma & Welling 2014) with ELBO/IWAE objectives."""
-from jaxgen.models.vae.family import make_family
-from jaxgen.models.vae.hparams import EvalConfig, VAEConfig
+from jaxgen.models.vae.family import VAEFamily
 from jaxgen.models.vae.modules import VAE
+from jaxgen.models.vae.settings import VAEConfig, VAEEval, VAEExperiment
 
-__all__ = ["EvalConfig", "VAE", "VAEConfig", "make_family"]
+__all__ = ["VAE", "VAEConfig", "VAEEval", "VAEExperiment", "VAEFamily"]

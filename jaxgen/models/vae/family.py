@@ -1,4 +1,4 @@
-"""The VAE family: ``make_family(config, data_info) -> Family`` (see jaxgen.models.base).
+"""The VAE family: :class:`VAEFamily` (see jaxgen.models.base).
 
 Training maximises the ELBO (or the IWAE bound) of :mod:`objective` on images
 ``batch["image"]`` [B, H, W, C] in [0, 1]; evaluation reports the single-sample negative ELBO
@@ -17,50 +17,70 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgen import signals
-from jaxgen.models.base import Family
+from jaxgen.errors import UsageError
+from jaxgen.models.base import LossFamily, image_data, sampling_params
 from jaxgen.models.vae import likelihoods
 from jaxgen.models.vae.augment import random_shift
-from jaxgen.models.vae.hparams import EvalConfig, VAEConfig
 from jaxgen.models.vae.modules import VAE
 from jaxgen.models.vae.objective import elbo_terms, iwae_bound, kl_weight, training_objective
+from jaxgen.models.vae.settings import VAEExperiment
 from jaxgen.train.evaluate import sum_over_processes
 from jaxgen.train.images import save_image_grid
-from jaxgen.train.optim import OptimConfig, make_optimizer
-from jaxgen.train.state import TrainState, create_state
-from jaxgen.train.step import EMAConfig, make_train_step
+from jaxgen.train.state import TrainState
 
 log = logging.getLogger("jaxgen")
 
 
-def eval_params(state: TrainState) -> Any:
-    """The parameters evaluations use: the EMA when the state keeps one."""
-    return state.ema_params if state.ema_params is not None else state.params
+def _valid_images(batch: dict) -> np.ndarray:
+    x = np.asarray(batch["image"], np.float32)
+    if "mask" in batch:
+        x = x[np.asarray(batch["mask"]) > 0]
+    return x
 
 
-@dataclasses.dataclass(frozen=True)
-class VAEApply:
-    """A VAE module with its hyper-parameters: the pure functions every step is built from."""
+class VAEFamily(LossFamily):
+    """A VAE: encoder, decoder, likelihood and objective (see the module docstring)."""
 
-    cfg: VAEConfig
+    name = "vae"
+    settings = VAEExperiment
+
+    def __init__(self, config: VAEExperiment, data_info: dict):
+        shape, _ = image_data("vae", data_info)
+        if config.model.image_shape and tuple(config.model.image_shape) != shape:
+            raise UsageError(f"model.image_shape={tuple(config.model.image_shape)} disagrees "
+                             f"with the data's {shape}; leave it () to take the data's")
+        self.cfg = dataclasses.replace(config.model, image_shape=shape)
+        super().__init__(config, data_info)
+        # Compiled once here, so every batch of final_eval reuses the same executable.
+        self._iwae_batch = jax.jit(self.iwae_sums, static_argnums=(4, 5))
+        self._reconstruct = jax.jit(self.reconstruct)
+        self._interpolate = jax.jit(self.interpolate)
 
     @property
     def model(self) -> VAE:
         return VAE(self.cfg)
 
+    def init_params(self, rng: jax.Array) -> Any:
+        x = jnp.zeros((1, *self.cfg.image_shape), jnp.float32)
+        return self.model.init({"params": rng}, x)["params"]
+
+    # --------------------------------------------------------------------------- pieces
     def encode(self, params, x, train=False, rng=None):
         """x [B, H, W, C] -> (mu, logvar) [B, D]."""
         rngs = {"dropout": rng} if train and rng is not None else None
-        return self.model.apply(params, x, train, method=VAE.encode, rngs=rngs)
+        return self.model.apply({"params": params}, x, train, method=VAE.encode, rngs=rngs)
 
     def decoder(self, params, train=False, rng=None):
         """A function z [N, D] -> likelihood parameters [N, H, W, C, P]."""
         rngs = {"dropout": rng} if train and rng is not None else None
-        return lambda z: self.model.apply(params, z, train, method=VAE.decode, rngs=rngs)
+        return lambda z: self.model.apply({"params": params}, z, train, method=VAE.decode,
+                                          rngs=rngs)
 
     def mean_image(self, params, z):
         """z [N, D] -> images [N, H, W, C] in [0, 1]."""
         return likelihoods.mean(self.cfg.likelihood, self.decoder(params)(z))
 
+    # --------------------------------------------------------------------------- training
     def loss_fn(self, params, batch, rng, step):
         """The training loss (mean over the batch of minus the objective) and its metrics."""
         c = self.cfg
@@ -75,75 +95,41 @@ class VAEApply:
         metrics["kl_weight"] = scale
         return -jnp.mean(value), metrics
 
-    def eval_sums(self, params, batch, key):
+    def eval_step(self, state: TrainState, batch: dict) -> dict:
         """Sums over valid examples of the single-sample -ELBO, -E log p(x|z) and KL."""
+        params, key = sampling_params(state), jax.random.PRNGKey(self.config.eval.seed)
         x, mask = batch["image"], batch["mask"]
         mu, logvar = self.encode(params, x)
         recon, kl = elbo_terms(self.decoder(params), self.cfg.likelihood, x, mu, logvar, key)
         return {"neg_elbo_nats": jnp.sum((kl - recon) * mask), "recon_nats": jnp.sum(-recon * mask),
                 "kl_nats": jnp.sum(kl * mask), "count": jnp.sum(mask)}
 
+    # --------------------------------------------------------------------------- sampling
+    def sample(self, state: TrainState, rng: jax.Array, n: int, options: Any = None) -> jax.Array:
+        z = jax.random.normal(rng, (n, self.cfg.latent_dim))
+        return self.mean_image(sampling_params(state), z)
+
+    # --------------------------------------------------------------------------- evaluation
     def iwae_sums(self, params, x, mask, key, k, chunk):
         """Sums over valid examples of the IWAE negative log-likelihood bound."""
         mu, logvar = self.encode(params, x)
         nll = -iwae_bound(self.decoder(params), self.cfg.likelihood, x, mu, logvar, key, k, chunk)
         return {"nll": jnp.sum(nll * mask), "count": jnp.sum(mask)}
 
-
-def _valid_images(batch: dict) -> np.ndarray:
-    x = np.asarray(batch["image"], np.float32)
-    if "mask" in batch:
-        x = x[np.asarray(batch["mask"]) > 0]
-    return x
-
-
-def make_family(config: Any, data_info: dict) -> Family:
-    """Builds the VAE family for ``config`` (reads model, optim, train, eval) and image data."""
-    if data_info.get("kind", "image") != "image" or "shape" not in data_info:
-        raise ValueError(f"the VAE family needs image data with a 'shape', got kind "
-                         f"{data_info.get('kind')!r}")
-    cfg = VAEConfig.from_config(config.model, data_info["shape"])
-    ecfg = EvalConfig.from_config(config.get("eval"))
-    vae = VAEApply(cfg)
-    optim = dataclasses.replace(OptimConfig.from_config(config.optim),
-                                total_steps=int(config.train.steps))
-    tx = make_optimizer(optim)
-    ema = EMAConfig.from_config(config.train)
-
-    def init_state(rng: jax.Array, sample_batch: dict) -> TrainState:
-        k_init, k_state = jax.random.split(rng)
-        x = jnp.zeros((1, *cfg.image_shape), jnp.float32)
-        params = vae.model.init({"params": k_init}, x)
-        return create_state(params, tx, k_state, ema=ema is not None)
-
-    train_step = make_train_step(vae.loss_fn, tx, grad_accum=optim.grad_accum, ema=ema)
-
-    def eval_step(state: TrainState, batch: dict) -> dict:
-        return vae.eval_sums(eval_params(state), batch, jax.random.PRNGKey(ecfg.seed))
-
-    def sample(state: TrainState, rng: jax.Array, n: int, options: None = None) -> jax.Array:
-        z = jax.random.normal(rng, (n, cfg.latent_dim))
-        return vae.mean_image(eval_params(state), z)
-
-    def save_samples(samples, path: str) -> list[str]:
-        return [save_image_grid(np.asarray(samples), path)]
-
-    # Compiled once here, so every batch of final_eval reuses the same executable.
-    iwae_batch = jax.jit(vae.iwae_sums, static_argnums=(4, 5))
-
-    def final_eval(state: TrainState, batches: Iterable[dict], k: int | None = None) -> dict:
+    def final_eval(self, state: TrainState, batches: Iterable[dict], k: int | None = None) -> dict:
         """``nll_iwae_nats``: the IWAE bound on -log p(x) with ``eval.iwae_k`` samples, over the
         test split (the single-sample ``neg_elbo_nats`` comes from ``eval_step``)."""
-        k = int(k or ecfg.iwae_k)
-        params = eval_params(state)
+        ec = self.config.eval
+        k = int(k or ec.iwae_k)
+        params = sampling_params(state)
         totals = {"nll": 0.0, "count": 0.0}
         log.info("IWAE bound (k=%d) over the test split", k)
         for i, batch in enumerate(batches):
             signals.check()
             x = jnp.asarray(batch["image"], jnp.float32)
             mask = jnp.asarray(batch.get("mask", np.ones(x.shape[0], np.float32)), jnp.float32)
-            key = jax.random.fold_in(jax.random.PRNGKey(ecfg.seed), i)
-            sums = jax.device_get(iwae_batch(params, x, mask, key, k, ecfg.iwae_chunk))
+            key = jax.random.fold_in(jax.random.PRNGKey(ec.seed), i)
+            sums = jax.device_get(self._iwae_batch(params, x, mask, key, k, ec.iwae_chunk))
             for name in totals:
                 totals[name] += float(np.asarray(sums[name], np.float64))
             log.info("IWAE bound (k=%d): %d test images done", k, int(totals["count"]))
@@ -153,36 +139,33 @@ def make_family(config: Any, data_info: dict) -> Family:
             raise ValueError("final_eval got no examples")
         return {"nll_iwae_nats": totals["nll"] / n, "iwae_k": k, "num_examples": int(n)}
 
-    @jax.jit
-    def _reconstruct(params, x):
-        mu, _ = vae.encode(params, x)
-        return vae.mean_image(params, mu)
+    def reconstruct(self, params, x):
+        mu, _ = self.encode(params, x)
+        return self.mean_image(params, mu)
 
-    @jax.jit
-    def _interpolate(params, xa, xb):
-        mu_a, _ = vae.encode(params, xa)
-        mu_b, _ = vae.encode(params, xb)
+    def interpolate(self, params, xa, xb):
+        """Images along the straight lines between the posterior means of xa and xb [R, ...]."""
+        mu_a, _ = self.encode(params, xa)
+        mu_b, _ = self.encode(params, xb)
         t = jnp.linspace(0.0, 1.0, 10)[None, :, None]
         z = (1.0 - t) * mu_a[:, None] + t * mu_b[:, None]           # [R, 10, D]
-        return vae.mean_image(params, z.reshape(-1, cfg.latent_dim))
+        return self.mean_image(params, z.reshape(-1, self.cfg.latent_dim))
 
-    def visualize(state: TrainState, rng: jax.Array, batch: dict, path_prefix: str) -> list[str]:
+    def visualize(self, state: TrainState, rng: jax.Array, batch: dict, path_prefix: str) -> list[str]:
         """Writes ``<prefix>_reconstructions.png`` (each input left of its reconstruction) and
         ``<prefix>_interpolations.png`` (rows: linear paths between two inputs' posterior means)."""
         del rng  # deterministic: posterior means
-        params = eval_params(state)
+        params = sampling_params(state)
         x = _valid_images(batch)[:32]
         if len(x) < 2:
             raise ValueError("visualize needs a batch with at least 2 valid images")
-        recon = np.asarray(_reconstruct(params, jnp.asarray(x)))
+        recon = np.asarray(self._reconstruct(params, jnp.asarray(x)))
         pairs = np.stack([x, recon], axis=1).reshape(-1, *x.shape[1:])
         rows = min(8, len(x) // 2)
-        interp = np.asarray(_interpolate(params, jnp.asarray(x[:rows]), jnp.asarray(x[rows:2 * rows])))
+        interp = np.asarray(self._interpolate(params, jnp.asarray(x[:rows]),
+                                              jnp.asarray(x[rows:2 * rows])))
         if jax.process_index() != 0:
             return []
         os.makedirs(os.path.dirname(os.path.abspath(path_prefix)), exist_ok=True)
         return [save_image_grid(pairs, f"{path_prefix}_reconstructions.png", ncols=16),
                 save_image_grid(interp, f"{path_prefix}_interpolations.png", ncols=10)]
-
-    return Family("vae", init_state, train_step, eval_step, sample, save_samples,
-                  final_eval=final_eval, visualize=visualize)

@@ -15,8 +15,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxgen.models.vae.hparams import VAEConfig
 from jaxgen.models.vae.likelihoods import NUM_PARAMS
+from jaxgen.models.vae.settings import VAEConfig
+from jaxgen.nn.layers import CONV_AXES, conv, dense, dtype_of
+from jaxgen.nn.partitioning import with_axes
 
 ACT = nn.gelu
 
@@ -30,17 +32,29 @@ def stage_sizes(hw: tuple[int, int], stages: int) -> list[tuple[int, int]]:
     return sizes
 
 
+def _dense(width: int, axes: tuple, m: nn.Module) -> nn.Module:
+    return dense(width, axes, dtype=m.dtype, param_dtype=m.param_dtype)
+
+
+def _conv(ch: int, m: nn.Module, **kw) -> nn.Module:
+    return conv(ch, (3, 3), strides=2, padding="SAME", dtype=m.dtype,
+                param_dtype=m.param_dtype, **kw)
+
+
 class MLPEncoder(nn.Module):
     hidden: Sequence[int]
     latent_dim: int
     dropout: float = 0.0
+    dtype: str = "float32"
+    param_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
-        h = x.reshape(x.shape[0], -1)
+        h = x.reshape(x.shape[0], -1).astype(dtype_of(self.dtype))
         for width in self.hidden:
-            h = nn.Dropout(self.dropout, deterministic=not train)(ACT(nn.Dense(width)(h)))
-        out = nn.Dense(2 * self.latent_dim)(h)
+            h = nn.Dropout(self.dropout, deterministic=not train)(
+                ACT(_dense(width, ("embed", "mlp"), self)(h)))
+        out = _dense(2 * self.latent_dim, ("mlp", None), self)(h).astype(jnp.float32)
         return out[:, :self.latent_dim], out[:, self.latent_dim:]
 
 
@@ -49,16 +63,19 @@ class ConvEncoder(nn.Module):
     dense: int
     latent_dim: int
     dropout: float = 0.0
+    dtype: str = "float32"
+    param_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
-        h = x
+        h = x.astype(dtype_of(self.dtype))
         for ch in self.channels:
-            h = ACT(nn.Conv(ch, (3, 3), strides=(2, 2), padding="SAME")(h))
+            h = ACT(_conv(ch, self)(h))
         h = h.reshape(h.shape[0], -1)
         if self.dense:
-            h = nn.Dropout(self.dropout, deterministic=not train)(ACT(nn.Dense(self.dense)(h)))
-        out = nn.Dense(2 * self.latent_dim)(h)
+            h = nn.Dropout(self.dropout, deterministic=not train)(
+                ACT(_dense(self.dense, ("embed", "mlp"), self)(h)))
+        out = _dense(2 * self.latent_dim, ("mlp", None), self)(h).astype(jnp.float32)
         return out[:, :self.latent_dim], out[:, self.latent_dim:]
 
 
@@ -67,14 +84,17 @@ class MLPDecoder(nn.Module):
     image_shape: tuple[int, int, int]
     num_params: int
     dropout: float = 0.0
+    dtype: str = "float32"
+    param_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, z: jax.Array, train: bool = False) -> jax.Array:
-        h = z
+        h = z.astype(dtype_of(self.dtype))
         for width in self.hidden:
-            h = nn.Dropout(self.dropout, deterministic=not train)(ACT(nn.Dense(width)(h)))
-        out = nn.Dense(math.prod(self.image_shape) * self.num_params)(h)
-        return out.reshape(z.shape[0], *self.image_shape, self.num_params)
+            h = nn.Dropout(self.dropout, deterministic=not train)(
+                ACT(_dense(width, ("embed", "mlp"), self)(h)))
+        out = _dense(math.prod(self.image_shape) * self.num_params, ("mlp", "embed"), self)(h)
+        return out.astype(jnp.float32).reshape(z.shape[0], *self.image_shape, self.num_params)
 
 
 class ConvDecoder(nn.Module):
@@ -83,24 +103,32 @@ class ConvDecoder(nn.Module):
     image_shape: tuple[int, int, int]
     num_params: int
     dropout: float = 0.0
+    dtype: str = "float32"
+    param_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, z: jax.Array, train: bool = False) -> jax.Array:
         sizes = stage_sizes(self.image_shape[:2], len(self.channels))
-        h = z
+        h = z.astype(dtype_of(self.dtype))
         if self.dense:
-            h = nn.Dropout(self.dropout, deterministic=not train)(ACT(nn.Dense(self.dense)(h)))
+            h = nn.Dropout(self.dropout, deterministic=not train)(
+                ACT(_dense(self.dense, ("embed", "mlp"), self)(h)))
         (h0, w0), c0 = sizes[-1], self.channels[-1]
-        h = ACT(nn.Dense(h0 * w0 * c0)(h)).reshape(z.shape[0], h0, w0, c0)
+        h = ACT(_dense(h0 * w0 * c0, ("mlp", "embed"), self)(h)).reshape(z.shape[0], h0, w0, c0)
         c_out = self.image_shape[2] * self.num_params
         for i in reversed(range(len(self.channels))):
             last = i == 0
             ch = c_out if last else self.channels[i - 1]
-            h = nn.ConvTranspose(ch, (3, 3), strides=(2, 2), padding="SAME")(h)
+            h = nn.ConvTranspose(ch, (3, 3), strides=(2, 2), padding="SAME",
+                                 dtype=dtype_of(self.dtype),
+                                 param_dtype=dtype_of(self.param_dtype),
+                                 kernel_init=with_axes(nn.initializers.lecun_normal(), CONV_AXES),
+                                 bias_init=with_axes(nn.initializers.zeros_init(),
+                                                     ("conv_out",)))(h)
             h = h[:, :sizes[i][0], :sizes[i][1]]
             if not last:
                 h = ACT(h)
-        return h.reshape(z.shape[0], *self.image_shape, self.num_params)
+        return h.astype(jnp.float32).reshape(z.shape[0], *self.image_shape, self.num_params)
 
 
 class VAE(nn.Module):
@@ -111,14 +139,15 @@ class VAE(nn.Module):
     def setup(self):
         c = self.cfg
         p = NUM_PARAMS[c.likelihood]
+        kw = dict(dtype=c.dtype, param_dtype=c.param_dtype)
         if c.encoder == "mlp":
-            self.encoder = MLPEncoder(c.hidden, c.latent_dim, c.dropout)
+            self.encoder = MLPEncoder(c.hidden, c.latent_dim, c.dropout, **kw)
         else:
-            self.encoder = ConvEncoder(c.channels, c.dense, c.latent_dim, c.dropout)
+            self.encoder = ConvEncoder(c.channels, c.dense, c.latent_dim, c.dropout, **kw)
         if c.decoder == "mlp":
-            self.decoder = MLPDecoder(tuple(reversed(c.hidden)), c.image_shape, p, c.dropout)
+            self.decoder = MLPDecoder(tuple(reversed(c.hidden)), c.image_shape, p, c.dropout, **kw)
         else:
-            self.decoder = ConvDecoder(c.channels, c.dense, c.image_shape, p, c.dropout)
+            self.decoder = ConvDecoder(c.channels, c.dense, c.image_shape, p, c.dropout, **kw)
 
     def encode(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
         """x [B, H, W, C] -> (mean [B, D], log-variance [B, D]) of q(z|x)."""
@@ -131,7 +160,3 @@ class VAE(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         mu, _ = self.encode(x, train)
         return self.decode(mu, train)
-
-
-def count_params(params) -> int:
-    return sum(int(jnp.size(p)) for p in jax.tree.leaves(params))

@@ -1,0 +1,118 @@
+"""The settings of the diffusion family: one definition each (see :mod:`jaxgen.settings`).
+
+``model`` is :class:`DiffusionModel`: the U-Net's settings (it is a
+:class:`~jaxgen.nn.unet.UNetConfig`), the DiT's, and which of the two to build. ``diffusion`` is
+the objective (:class:`~jaxgen.models.diffusion.objectives.DiffusionConfig`), ``sample`` the
+sampler (:class:`DiffusionSample`, a :class:`~jaxgen.models.diffusion.samplers.SamplerConfig`
+with the label and the weights), ``eval`` adds bits per dimension. The defaults are those of
+``experiments/diffusion_mnist.py`` wherever that recipe does not say why it differs, so
+``DiffusionExperiment()`` in Python samples as ``jaxgen train diffusion_mnist`` does.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from jaxgen.config import EvalConfig, Experiment, ImageData, field
+from jaxgen.models.diffusion.objectives import DiffusionConfig
+from jaxgen.models.diffusion.samplers import SamplerConfig
+from jaxgen.nn.dit import DiTConfig
+from jaxgen.nn.unet import UNetConfig
+
+_DIT = DiTConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionModel(UNetConfig):
+    """The denoiser: a U-Net (the fields of :class:`~jaxgen.nn.unet.UNetConfig`) or a DiT.
+
+    Attributes:
+      backbone: unet or dit (Peebles & Xie 2023).
+      conditional: class-conditional (labels from the data; guidance needs it).
+      patch_size: DiT: the patch side p (H and W multiples of p).
+      hidden: DiT: the token width.
+      depth: DiT: the number of blocks.
+      dit_heads: DiT: attention heads.
+      mlp_ratio: DiT: MLP width / hidden.
+    """
+
+    backbone: Literal["unet", "dit"] = "unet"
+    conditional: bool = False
+    patch_size: int = _DIT.patch_size
+    hidden: int = _DIT.hidden
+    depth: int = _DIT.depth
+    dit_heads: int = _DIT.num_heads
+    mlp_ratio: float = _DIT.mlp_ratio
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.backbone == "dit":
+            self.dit(0, 1)  # validates the DiT fields
+
+    def unet(self, num_classes: int, channels: int) -> UNetConfig:
+        """The U-Net of these settings for data of ``channels`` channels and ``num_classes``."""
+        names = {f.name for f in dataclasses.fields(UNetConfig)}
+        values = {k: getattr(self, k) for k in names}
+        return UNetConfig(**{**values, "num_classes": num_classes,
+                             "out_channels": self.out_channels or channels})
+
+    def dit(self, num_classes: int, channels: int) -> DiTConfig:
+        """The DiT of these settings."""
+        return DiTConfig(patch_size=self.patch_size, hidden=self.hidden, depth=self.depth,
+                         num_heads=self.dit_heads, mlp_ratio=self.mlp_ratio,
+                         num_classes=num_classes, out_channels=self.out_channels or channels,
+                         attention_kernel=self.attention_kernel, dtype=self.dtype,
+                         param_dtype=self.param_dtype)
+
+    def backbone_config(self, num_classes: int, channels: int) -> UNetConfig | DiTConfig:
+        return (self.unet if self.backbone == "unet" else self.dit)(num_classes, channels)
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionSample(SamplerConfig):
+    """Sampling settings (hashable; static under jit): the sampler, and
+
+    Attributes:
+      label: -1 = classes cycled 0, 1, ..., C-1 over the samples (conditional models) or no
+        label (unconditional); otherwise the class of every sample.
+      weights: ema (the EMA of the weights, when the run keeps one) or raw.
+    """
+
+    label: int = -1
+    weights: Literal["ema", "raw"] = "ema"
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionEval(EvalConfig):
+    """Evaluation: sample metrics, and bits per dimension from the DDPM bound.
+
+    Attributes:
+      bpd_examples: test images the bits/dim estimate averages over (0: none).
+      bpd_timesteps: Monte-Carlo timesteps per image of that estimate.
+      seed: the randomness of the estimate and of the evaluation loss.
+    """
+
+    bpd_examples: int = 200
+    bpd_timesteps: int = 50
+    seed: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.bpd_examples < 0 or self.bpd_timesteps < 1:
+            raise ValueError("eval.bpd_examples must be >= 0 and eval.bpd_timesteps >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionExperiment(Experiment):
+    """A diffusion model on images.
+
+    Attributes:
+      diffusion: the objective: what the network predicts and the noise schedule.
+    """
+
+    family: str = "diffusion"
+    data: ImageData = field(ImageData)
+    model: DiffusionModel = field(DiffusionModel)
+    eval: DiffusionEval = field(DiffusionEval)
+    sample: DiffusionSample = field(DiffusionSample)
+    diffusion: DiffusionConfig = field(DiffusionConfig)
