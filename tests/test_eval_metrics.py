@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from jaxgen.eval import load_samples_npz, sample_metrics, score_samples_file, validate_images
+from jaxgen.eval import (
+    class_balanced_indices,
+    load_samples_npz,
+    sample_metrics,
+    score_samples_file,
+    validate_images,
+)
 from jaxgen.eval import metrics as M
 from jaxgen.eval.samples import MIN_SAMPLES
 
@@ -218,3 +224,24 @@ def test_kid_precomputed_kernels_match_per_subset_computation():
     fast = M.kernel_distance(x, y, num_subsets=20, subset_size=17, seed=5)
     slow = M.kernel_distance(x, y, num_subsets=20, subset_size=17, seed=5, max_precomputed=0)
     np.testing.assert_allclose(fast, slow, rtol=1e-9)
+
+
+# --------------------------------------------------------------------- class-balanced subsets
+def test_class_balanced_indices():
+    labels = np.repeat(np.arange(10), 400)  # sorted by class, as the embedded MNIST
+    idx = class_balanced_indices(labels, 1000)
+    np.testing.assert_array_equal(idx, np.arange(0, 4000, 4))  # every 4th: 100 per class
+    counts = np.bincount(labels[class_balanced_indices(labels, 503)], minlength=10)
+    assert counts.tolist() == [51, 51, 51, 50, 50, 50, 50, 50, 50, 50]
+    a, b = (class_balanced_indices(labels, 500, seed=s) for s in (1, 1))
+    np.testing.assert_array_equal(a, b)
+    assert len(np.unique(a)) == 500 and np.bincount(labels[a]).tolist() == [50] * 10
+    assert not np.array_equal(a, class_balanced_indices(labels, 500, seed=2))
+    assert class_balanced_indices(labels, 4000).tolist() == list(range(4000))
+    shuffled = np.random.default_rng(0).permutation(labels)
+    assert np.bincount(shuffled[class_balanced_indices(shuffled, 30)]).tolist() == [3] * 10
+    # A class smaller than its share is taken whole (the total then falls short).
+    uneven = np.array([0] * 2 + [1] * 10)
+    assert np.bincount(uneven[class_balanced_indices(uneven, 8)]).tolist() == [2, 4]
+    with pytest.raises(ValueError, match="cannot pick 4001 of 4000"):
+        class_balanced_indices(labels, 4001)
