@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from jaxgen.eval import load_samples_npz, sample_metrics, score_samples_file, validate_images
+from jaxgen.eval import (
+    class_balanced_indices,
+    load_samples_npz,
+    sample_metrics,
+    score_samples_file,
+    validate_images,
+)
 from jaxgen.eval import metrics as M
 from jaxgen.eval.samples import MIN_SAMPLES
 
@@ -201,8 +207,8 @@ def test_npz_loading_and_its_errors(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip file\nat all")
     np.save(tmp_path / "plain.npy", u8)
     np.savez(tmp_path / "bad.npz", images=np.full((20, 28, 28), 300, np.int64))
-    cases = [("noimg.npz", r"no 'images' array \(found: image, label\)"),
-             ("junk.npz", "cannot read samples file"),
+    cases = [("noimg.npz", r"no 'images' array \(found: image, label;"),
+             ("junk.npz", "is a text file, not an .npz archive"),
              ("plain.npy", "not an .npz archive"),
              ("missing.npz", "does not exist"),
              ("bad.npz", "uint8")]
@@ -218,3 +224,85 @@ def test_kid_precomputed_kernels_match_per_subset_computation():
     fast = M.kernel_distance(x, y, num_subsets=20, subset_size=17, seed=5)
     slow = M.kernel_distance(x, y, num_subsets=20, subset_size=17, seed=5, max_precomputed=0)
     np.testing.assert_allclose(fast, slow, rtol=1e-9)
+
+
+# ------------------------------------------------------------------ files that are not samples
+def _png_bytes():
+    import io
+
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _npz_bytes(**arrays):
+    import io
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _zip_bytes():
+    import io
+    import zipfile
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("notes.txt", "hello")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("content, match", [
+    # numpy reads these as pickles and answers "... pickled (object) data ... allow_pickle=".
+    (b"0.1 0.2 0.3\n0.4 0.5 0.6\n", r"is a text file, not an \.npz archive"),
+    (_png_bytes(), r"is a PNG image, not an \.npz archive"),
+    (__import__("pickle").dumps([1, 2, 3]), r"is a Python pickle, not an \.npz archive"),
+    (bytes(range(7, 250)), r"does not start with a zip signature: it is not an \.npz archive"),
+    (b"", r"is an empty file, not an \.npz archive"),
+    (b"\x93NUMPY\x01\x00", r"is a \.npy array, not an \.npz archive"),
+    (_zip_bytes(), r"has no 'images' array \(found: notes\.txt"),
+    (_npz_bytes(images=np.array([np.zeros(3), "a"], dtype=object)),
+     r"'images' in .* is an array of Python objects \(dtype object\)"),
+    (_npz_bytes(images=np.zeros((20, 28, 28, 3), np.uint8)), r"shape \[N, 28, 28\]"),
+    (_npz_bytes(images=np.array(["a"] * 20)), r"shape \[N, 28, 28\]"),
+    (_npz_bytes(images=np.full((20, 28, 28), "a")), r"dtype must be uint8, bool or float"),
+])
+def test_cli_eval_says_what_a_bad_samples_file_is_never_allow_pickle(tmp_path, capsys, content,
+                                                                     match):
+    from jaxgen import cli
+    path = tmp_path / "bad.npz"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=match) as e:
+        load_samples_npz(str(path))
+    assert "\n" not in str(e.value) and "allow_pickle" not in str(e.value)
+    assert cli.main(["eval", "--samples", str(path)]) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert out == "" and len(lines) == 1 and "allow_pickle" not in err, err
+    assert lines[0].startswith("jaxgen eval: error: ")
+
+
+def test_a_directory_is_not_a_samples_file(tmp_path):
+    with pytest.raises(ValueError, match=r"is a directory, not an \.npz archive"):
+        load_samples_npz(str(tmp_path))
+
+
+# --------------------------------------------------------------------- class-balanced subsets
+def test_class_balanced_indices():
+    labels = np.repeat(np.arange(10), 400)  # sorted by class, as the embedded MNIST
+    idx = class_balanced_indices(labels, 1000)
+    np.testing.assert_array_equal(idx, np.arange(0, 4000, 4))  # every 4th: 100 per class
+    counts = np.bincount(labels[class_balanced_indices(labels, 503)], minlength=10)
+    assert counts.tolist() == [51, 51, 51, 50, 50, 50, 50, 50, 50, 50]
+    a, b = (class_balanced_indices(labels, 500, seed=s) for s in (1, 1))
+    np.testing.assert_array_equal(a, b)
+    assert len(np.unique(a)) == 500 and np.bincount(labels[a]).tolist() == [50] * 10
+    assert not np.array_equal(a, class_balanced_indices(labels, 500, seed=2))
+    assert class_balanced_indices(labels, 4000).tolist() == list(range(4000))
+    shuffled = np.random.default_rng(0).permutation(labels)
+    assert np.bincount(shuffled[class_balanced_indices(shuffled, 30)]).tolist() == [3] * 10
+    # A class smaller than its share is taken whole (the total then falls short).
+    uneven = np.array([0] * 2 + [1] * 10)
+    assert np.bincount(uneven[class_balanced_indices(uneven, 8)]).tolist() == [2, 4]
+    with pytest.raises(ValueError, match="cannot pick 4001 of 4000"):
+        class_balanced_indices(labels, 4001)

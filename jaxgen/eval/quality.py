@@ -3,8 +3,11 @@
 :func:`sample_metrics` embeds the samples with jaxgen's LeNet feature network
 (:mod:`jaxgen.eval.feature_net`) and compares them with the reference set (the 1,000 test digits
 of the embedded MNIST) by the metrics of :mod:`jaxgen.eval.metrics`. Next to the values it reports
-the ``floor``: the same metrics for 1,000 real *training* digits against the same reference, i.e.
-what real data scores. A model is judged by its distance to the floor, not to 0.
+the ``floor``: the same metrics for as many real *training* digits as there are samples (all
+4,000 at most; ``floor["num_samples"]`` says how many) against the same reference, i.e. what
+real data scores at that sample count. A model is judged by its distance to the floor, not to 0;
+the count matters, since the Frechet distance's bias and the k-NN radii of precision/recall both
+shrink as the set grows.
 """
 from __future__ import annotations
 
@@ -12,15 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from jaxgen.eval import feature_net, metrics
-from jaxgen.eval.samples import load_samples_npz, validate_images
+from jaxgen.eval import feature_net, lenet_weights, metrics
+from jaxgen.eval.samples import MIN_SAMPLES, load_samples_npz, validate_images
 
 REFERENCES = feature_net.DATASETS
 METRIC_KEYS = ("fd_lenet", "kid_lenet", "kid_lenet_std", "precision", "recall",
                "classifier_score", "class_fractions")
 PR_K = 3              # neighbours of the precision/recall manifolds (Kynkaanniemi et al. 2019)
 KID_SUBSETS = 100     # subsets of the KID estimate (Binkowski et al. 2018)
-FLOOR_STRIDE = 4      # floor set: every 4th training digit (1,000 of 4,000, 100 per class)
 
 _REF: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
 _FLOOR: dict[tuple[str, str, int], dict[str, Any]] = {}
@@ -32,7 +34,39 @@ def _check_reference(reference: str) -> None:
 
 
 def _net_key(reference: str) -> str:
-    return str(feature_net.cache_path(reference))
+    return lenet_weights.load_feature_net(reference).sha256
+
+
+def class_balanced_indices(labels: Any, n: int, seed: int | None = None) -> np.ndarray:
+    """Indices of ``n`` items spread as evenly as the classes allow: ``n // C`` of each of the C
+    classes, one more for the first ``n % C`` (in class order), each class capped at its size.
+
+    Args:
+      labels: int [M], the class of each item (any order; the embedded MNIST is sorted by class,
+        so ``images[:n]`` is a few classes only).
+      n: how many to pick, 0 <= n <= M.
+      seed: None picks evenly spaced items within each class (deterministic: with 400 per class
+        and n = 1,000, every 4th); an int picks them at random with ``np.random.default_rng(seed)``.
+    Returns:
+      int64 [min(n, what the caps allow)], grouped by class, ascending within each class.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be one-dimensional, got shape {list(labels.shape)}")
+    if not 0 <= n <= len(labels):
+        raise ValueError(f"cannot pick {n} of {len(labels)} items")
+    classes = np.unique(labels)
+    rng = None if seed is None else np.random.default_rng(seed)
+    out = []
+    for i, c in enumerate(classes):
+        members = np.flatnonzero(labels == c)
+        k = min(n // len(classes) + (i < n % len(classes)), len(members))
+        if rng is None:
+            pick = members[(np.arange(k) * len(members)) // k] if k else members[:0]
+        else:
+            pick = np.sort(rng.choice(members, k, replace=False))
+        out.append(pick)
+    return np.concatenate(out).astype(np.int64) if out else np.zeros(0, np.int64)
 
 
 def reference_features(reference: str = "mnist_embedded") -> tuple[np.ndarray, np.ndarray]:
@@ -40,7 +74,7 @@ def reference_features(reference: str = "mnist_embedded") -> tuple[np.ndarray, n
     _check_reference(reference)
     key = (reference, _net_key(reference))
     if key not in _REF:
-        net = feature_net.load_feature_net(reference)
+        net = lenet_weights.load_feature_net(reference)
         _, _, x_te, _ = feature_net.load_dataset(reference)
         _REF[key] = net.apply(x_te)
     return _REF[key]
@@ -63,16 +97,26 @@ def compare_features(feats: np.ndarray, logits: np.ndarray, ref_feats: np.ndarra
     }
 
 
-def floor_metrics(reference: str = "mnist_embedded", seed: int = 0) -> dict[str, Any]:
-    """:func:`compare_features` for 1,000 real training digits (every 4th) against the reference:
-    the values real data gets. Cached per process."""
+def floor_metrics(reference: str = "mnist_embedded", seed: int = 0,
+                  num_samples: int = 1000) -> dict[str, Any]:
+    """What real data scores at ``num_samples``: :func:`compare_features` of
+    ``min(num_samples, 4000)`` real training digits, class-balanced and evenly spaced within each
+    class (:func:`class_balanced_indices`; for 1,000, every 4th), against the reference.
+
+    Returns the metric keys of :data:`METRIC_KEYS` plus ``num_samples``, the count of real digits
+    used (less than asked only past the 4,000 training digits). Cached per process.
+    """
     _check_reference(reference)
-    key = (reference, _net_key(reference), int(seed))
+    if num_samples < MIN_SAMPLES:
+        raise ValueError(f"the floor needs at least {MIN_SAMPLES} digits, got {num_samples}")
+    x_tr, y_tr, _, _ = feature_net.load_dataset(reference)
+    count = min(int(num_samples), len(x_tr))
+    key = (reference, _net_key(reference), int(seed), count)
     if key not in _FLOOR:
-        net = feature_net.load_feature_net(reference)
-        x_tr, _, _, _ = feature_net.load_dataset(reference)
-        feats, logits = net.apply(x_tr[::FLOOR_STRIDE])
-        _FLOOR[key] = compare_features(feats, logits, reference_features(reference)[0], seed)
+        net = lenet_weights.load_feature_net(reference)
+        feats, logits = net.apply(x_tr[class_balanced_indices(y_tr, count)])
+        _FLOOR[key] = {**compare_features(feats, logits, reference_features(reference)[0], seed),
+                       "num_samples": len(feats)}
     return dict(_FLOOR[key])
 
 
@@ -88,15 +132,16 @@ def sample_metrics(images: Any, reference: str = "mnist_embedded", seed: int = 0
     Returns:
       {"fd_lenet", "kid_lenet", "kid_lenet_std", "precision", "recall", "classifier_score",
       "class_fractions" (list of 10), "num_samples", "feature_net_test_accuracy", "seed",
-      "floor" (the same metric keys for 1,000 real training digits)}: plain Python numbers.
+      "floor" (the same metric keys, plus "num_samples", for as many real training digits as
+      there are samples, up to 4,000: :func:`floor_metrics`)}: plain Python numbers.
     """
     _check_reference(reference)
     x = validate_images(images)
-    net = feature_net.load_feature_net(reference)
+    net = lenet_weights.load_feature_net(reference)
     feats, logits = net.apply(x)
     out = compare_features(feats, logits, reference_features(reference)[0], seed)
     out.update(num_samples=len(x), feature_net_test_accuracy=float(net.test_accuracy),
-               seed=int(seed), floor=floor_metrics(reference, seed))
+               seed=int(seed), floor=floor_metrics(reference, seed, len(x)))
     return out
 
 
@@ -107,7 +152,7 @@ def score_samples_file(path: str, reference: str = "mnist_embedded", seed: int =
 
 
 def clear_caches() -> None:
-    """Forgets per-process reference features, floors and loaded networks (disk cache stays)."""
+    """Forgets per-process reference features, floors and loaded networks."""
     _REF.clear()
     _FLOOR.clear()
-    feature_net.clear_memory_cache()
+    lenet_weights.clear_memory_cache()

@@ -67,26 +67,84 @@ def validate_images(images: object, image_shape: tuple[int, int] = (28, 28),
     return np.clip(x, 0.0, 1.0)
 
 
+# File signatures of what is most often passed by mistake, so the error says what the file is.
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive (an .npz is one), or an empty one
+_NOT_NPZ = (
+    (b"\x93NUMPY", "a .npy array"),
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"\x1f\x8b", "a gzip file"),
+    *((b"\x80" + bytes([v]), "a Python pickle") for v in range(2, 6)),  # pickle protocols 2-5
+)
+_SAVE_HINT = "save samples with np.savez(path, images=array)"
+
+
+def _reason(e: BaseException) -> str:
+    """numpy's message in one line, except where it would suggest loading pickles."""
+    text = _one_line(e)
+    return "it holds pickled Python objects" if "pickle" in text.lower() else text
+
+
+def _what_file_is(head: bytes) -> str | None:
+    """What a file that starts with ``head`` is, when it is not a zip archive ("" when unknown);
+    None if it is a zip archive."""
+    if head.startswith(_ZIP_MAGIC):
+        return None
+    if not head:
+        return "an empty file"
+    for magic, what in _NOT_NPZ:
+        if head.startswith(magic):
+            return what
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and "\x00" not in text:
+        return "a text file"
+    return ""
+
+
 def load_samples_npz(path: str, image_shape: tuple[int, int] = (28, 28)) -> np.ndarray:
     """Reads the ``images`` array of an .npz file and validates it (see :func:`validate_images`).
+
+    Pickled data is never loaded. Each problem is one line saying what the file is not: not an
+    .npz archive (naming what it is instead: a .npy array, a PNG image, a text file, ...), no
+    'images' array, an array of Python objects, or images of the wrong shape, dtype or range.
 
     Returns: float32 [N, H, W, 1] in [0, 1].
     """
     try:
-        data = np.load(path, allow_pickle=False)
+        with open(path, "rb") as f:
+            head = f.read(512)
     except FileNotFoundError:
         raise ValueError(f"samples file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ValueError(f"samples file {path} is a directory, not an .npz archive") from None
+    except OSError as e:
+        raise ValueError(f"cannot read samples file {path}: {e.strerror or _one_line(e)}") from None
+    what = _what_file_is(head)
+    if what is not None:
+        what = f"is {what}, not" if what else "does not start with a zip signature: it is not"
+        raise ValueError(f"samples file {path} {what} an .npz archive ({_SAVE_HINT})")
+    try:
+        data = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(f"cannot read samples file {path}: {_one_line(e)}") from None
+        raise ValueError(f"cannot read samples file {path} as an .npz archive: {_reason(e)}") from None
     if not isinstance(data, np.lib.npyio.NpzFile):  # a bad file, not a bad argument type
-        raise ValueError(f"samples file {path} is not an .npz archive (save with "  # noqa: TRY004
-                         f"np.savez(path, images=...))")
+        raise ValueError(f"samples file {path} is not an .npz archive ({_SAVE_HINT})")  # noqa: TRY004
     with data:
         if "images" not in data.files:
             found = ", ".join(data.files) or "nothing"
-            raise ValueError(f"samples file {path} has no 'images' array (found: {found})")
+            raise ValueError(f"samples file {path} has no 'images' array (found: {found}; "
+                             f"{_SAVE_HINT})")
         try:
             images = data["images"]
-        except (OSError, ValueError, zipfile.BadZipFile) as e:
-            raise ValueError(f"cannot read 'images' from {path}: {_one_line(e)}") from None
+        except ValueError as e:
+            if "pickle" in str(e).lower():
+                raise ValueError(f"'images' in {path} is an array of Python objects (dtype "
+                                 f"object), not of numbers: save uint8 or float images") from None
+            raise ValueError(f"cannot read 'images' from {path}: {_reason(e)}") from None
+        except (OSError, EOFError, zipfile.BadZipFile) as e:
+            raise ValueError(f"cannot read 'images' from {path}: {_reason(e)}") from None
     return validate_images(images, image_shape, what=f"{path}: images")
