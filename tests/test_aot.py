@@ -102,6 +102,9 @@ ENTRY %main (w: f32[512,256], x.0: bf16[64,64]) -> f32[128,256] {
   %ar = (f32[8]{0}, f32[4]{0}) all-reduce(%v, %u), channel_id=9, to_apply=%add
   %cp-start = (f32[8]{0}, f32[8]{0}, u32[], u32[]) collective-permute-start(%v), channel_id=11, source_target_pairs={{0,1},{1,0}}
   %cp-done = f32[8]{0} collective-permute-done(%cp-start)
+  %tok = token[] after-all()
+  %snd = (f32[8]{0}, u32[], token[]) send(%v, %tok), channel_id=13, is_host_transfer=true, frontend_attributes={_xla_megascale_transfer_type="ALL_REDUCE"}
+  %snd-done = token[] send-done(%snd), channel_id=13, is_host_transfer=true
   %zero = s32[] constant(0)
   %init = (s32[], bf16[64,64]{1,0}) tuple(%zero, %x.0)
   %loop = (s32[], bf16[64,64]{1,0}) while(%init), condition=%cond, body=%body
@@ -110,7 +113,7 @@ ENTRY %main (w: f32[512,256], x.0: bf16[64,64]) -> f32[128,256] {
 """
 
 
-def test_collective_summary_counts_kinds_bytes_async_pairs_clones_and_loop_trips():
+def test_collective_summary_counts_kinds_bytes_async_pairs_clones_loops_and_dcn():
     s = aot.collective_summary(HLO)
     # all-reduce inside the TPU "all-reduce-scatter" fusion is a reduce-scatter of the full input
     assert s["reduce-scatter"] == {"count": 1, "bytes": 512 * 256 * 4, "count_per_step": 1,
@@ -122,6 +125,10 @@ def test_collective_summary_counts_kinds_bytes_async_pairs_clones_and_loop_trips
     assert s["all-gather"] == {"count": 1, "bytes": 64 * 64 * 2, "count_per_step": 4,
                                "bytes_per_step": 4 * 64 * 64 * 2}
     assert s["all-to-all"]["count"] == 0 and s["unknown_trip_counts"] == 0
+    # a megascale send is a collective between slices, of its payload's bytes
+    assert s["dcn"]["all-reduce"] == {"count": 1, "bytes": 32, "count_per_step": 1,
+                                      "bytes_per_step": 32}
+    assert s["all-reduce"]["count"] == 1  # the DCN one is not counted again on ICI
     assert aot.loop_trip_counts(HLO) == [4]
 
 
@@ -238,6 +245,18 @@ def test_data_parallel_step_has_no_gathers_and_all_reduces_whole_gradients(v5e_m
     c = aot.compile_report(_compile_mlp_step(v5e_mesh, P(), P()))["collectives"]
     assert c["all-gather"]["count"] == 0 and c["reduce-scatter"]["count"] == 0
     assert c["all-reduce"]["bytes"] >= 2 * D * F * 4  # both full f32 gradients
+
+
+def test_multislice_step_reduces_gradient_shards_over_dcn_only():
+    devices = aot.topology_devices("v5e:2x2", slices=2)
+    mesh = aot.make_topology_mesh(devices, {"data": 2, "fsdp": 4})  # data spans the slices
+    r = aot.compile_report(_compile_mlp_step(mesh, P("fsdp", None), P(None, "fsdp")))
+    ici, dcn = r["collectives"], r["collectives"]["dcn"]
+    # gradients: reduce-scattered over fsdp inside each slice (full f32 gradients in), then
+    # their 1/4 shards all-reduced between the two slices over DCN
+    assert ici["reduce-scatter"]["bytes"] == 2 * D * F * 4
+    assert dcn["all-reduce"]["bytes"] >= 2 * D * F * 4 // 4 > ici["all-reduce"]["bytes"]
+    assert dcn["all-gather"]["count"] == 0 and "DCN all-reduce" in aot.format_report(r)
 
 
 def test_scanned_layers_count_collectives_per_step_and_flag_the_loop(v5e_mesh):

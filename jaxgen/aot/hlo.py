@@ -10,6 +10,9 @@ What is counted, and how:
   and keeps its ``channel_id``: instructions of one kind sharing a channel id are one collective.
 - XLA:TPU writes a reduce-scatter as an ``all-reduce`` inside a fusion computation named
   ``all-reduce-scatter``: counted as ``reduce-scatter``.
+- Between slices (multi-slice, over DCN) XLA:TPU emits host-transfer ``send``/``recv`` pairs for
+  the megascale runtime, tagged ``_xla_megascale_transfer_type="ALL_REDUCE"`` (etc.): each
+  ``send`` is one DCN collective of its operand's bytes, kept apart as ``dcn:all-reduce``.
 - Bytes of one op: the larger of its operands' and its results' bytes (element size x dims,
   tuples summed; a ``-start`` tuple's copies of the operands and its u32/s32 scalar context left
   out). That is the full gathered buffer of an all-gather, the full input of a reduce-scatter,
@@ -39,6 +42,7 @@ _HEADER = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s+\(.*\)\s+->\s+.*\{\s*$")
 _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s+=\s+(.*)$")
 _CHANNEL = re.compile(r"\bchannel_id=(\d+)")
 _CALLS = re.compile(r"\b(calls|body|condition|to_apply|branch_computations)=(\{[^}]*\}|%?[\w.\-]+)")
+_MEGASCALE = re.compile(r'_xla_megascale_transfer_type="(\w+)"')
 _TRIP = re.compile(r'"known_trip_count"\s*:\s*\{\s*"n"\s*:\s*"?(\d+)')
 
 
@@ -188,6 +192,9 @@ def find_collectives(hlo_text: str) -> tuple[list[Collective], int]:
     for comp, instrs in computations.items():
         for ins in instrs:
             kind = _OPCODES.get(ins.opcode)
+            dcn = _MEGASCALE.search(ins.line) if ins.opcode == "send" else None
+            if dcn:
+                kind = "dcn:" + dcn.group(1).lower().replace("_", "-")
             if kind is None:
                 continue
             if kind == "all-reduce" and comp.startswith("all-reduce-scatter"):
@@ -200,7 +207,7 @@ def find_collectives(hlo_text: str) -> tuple[list[Collective], int]:
                     results = results[len(operands):]
                 scalars = re.findall(r"\b[us]32\[\]", ins.type_text)
                 results = results[:len(results) - len(scalars)] if scalars else results
-            size = max(sum(operands), sum(results))
+            size = sum(operands) if dcn else max(sum(operands), sum(results))
             m = _CHANNEL.search(ins.line)
             channel = int(m.group(1)) if m else None
             key = (kind, channel) if channel is not None else (kind, ins.name)
@@ -225,16 +232,24 @@ def custom_call_targets(hlo_text: str) -> dict[str, int]:
 
 def collective_summary(hlo_text: str) -> dict:
     """``{kind: {count, bytes, count_per_step, bytes_per_step}}`` for every kind in
-    :data:`COLLECTIVE_KINDS` (zeros included) plus ``unknown_trip_counts``."""
+    :data:`COLLECTIVE_KINDS` (zeros included), the same under ``"dcn"`` for collectives between
+    slices, and ``unknown_trip_counts``."""
     ops, unknown = find_collectives(hlo_text)
-    summary = {k: {"count": 0, "bytes": 0, "count_per_step": 0, "bytes_per_step": 0}
-               for k in COLLECTIVE_KINDS}
+
+    def rows() -> dict:
+        return {k: {"count": 0, "bytes": 0, "count_per_step": 0, "bytes_per_step": 0}
+                for k in COLLECTIVE_KINDS}
+
+    summary, dcn = rows(), rows()
     for op in ops:
-        row = summary[op.kind]
+        table, kind = (dcn, op.kind[4:]) if op.kind.startswith("dcn:") else (summary, op.kind)
+        row = table.setdefault(kind, {"count": 0, "bytes": 0, "count_per_step": 0,
+                                      "bytes_per_step": 0})
         row["count"] += 1
         row["bytes"] += op.bytes
         row["count_per_step"] += op.times
         row["bytes_per_step"] += op.bytes * op.times
+    summary["dcn"] = dcn
     summary["unknown_trip_counts"] = unknown
     return summary
 

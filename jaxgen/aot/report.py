@@ -192,7 +192,8 @@ def compile_report(lowered_or_compiled, *, chip: str | Chip | None = None,
       ``{"chip", "device_kind", "num_devices", "memory": {..._bytes per chip, "hbm_spec_bytes",
       "hbm_available_bytes", "hbm_source", "fits"}, "cost": {"flops_per_chip", ...,
       "estimated_step_s"}, "estimate": {"model_flops", "estimated_mfu", "estimated_hfu",
-      "note"}, "collectives": {kind: {"count", "bytes", "count_per_step", "bytes_per_step"}}}``.
+      "note", "caveats"}, "collectives": {kind: {"count", "bytes", "count_per_step",
+      "bytes_per_step"}, "dcn": {the same, between slices}, "unknown_trip_counts"}}``.
     """
     compiled = lowered_or_compiled
     if isinstance(compiled, jax.stages.Lowered):
@@ -262,6 +263,10 @@ def format_report(report: dict) -> str:
         r = report["collectives"][kind]
         rows.append(f"  {kind:<20}{r['count']:>5}  {_gib(r['bytes']):>12}"
                     f"  {r['count_per_step']:>14}  {_gib(r['bytes_per_step']):>12}")
+    for kind, r in report["collectives"].get("dcn", {}).items():
+        if r["count"]:
+            rows.append(f"  {'DCN ' + kind:<20}{r['count']:>5}  {_gib(r['bytes']):>12}"
+                        f"  {r['count_per_step']:>14}  {_gib(r['bytes_per_step']):>12}")
     if report["collectives"].get("unknown_trip_counts"):
         rows.append(f"  ({report['collectives']['unknown_trip_counts']} loop(s) without a known "
                     "trip count counted once)")
