@@ -1,4 +1,4 @@
-"""Where jaxgen keeps files it builds once per machine (the feature net, compiled CPU kernels)."""
+"""Where jaxgen keeps files it builds once per machine (compiled CPU kernels)."""
 from __future__ import annotations
 
 import os

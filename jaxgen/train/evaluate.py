@@ -102,7 +102,7 @@ def sample_metrics(run: Any, state: Any, num: Optional[int] = None, seed: Option
         raise UsageError(f"sample metrics need image samples of a dataset with a reference set "
                          f"({', '.join(SAMPLE_REFERENCES)}); this run has data.source="
                          f"{run.datasets.info.get('source')!r}")
-    from jaxgen import eval as eval_lib  # lazy: the feature network trains on first use
+    from jaxgen import eval as eval_lib  # lazy: loads the shipped feature network
 
     ec = run.config.eval
     num = int(ec.num_samples) if num is None else int(num)
