@@ -496,3 +496,23 @@ def test_bad_inputs_raise_one_line_value_errors():
         with pytest.raises(ValueError) as info:
             case()
         assert str(info.value) and "\n" not in str(info.value)
+
+
+def test_ddpm_variance_beta_adds_more_noise_than_the_posterior():
+    """One DDPM step from sigma to s_n with a fixed x0_hat: the added noise has variance
+    beta-tilde (posterior) or beta, in VP coordinates (Ho et al. 2020, Sec. 3.2); beta-tilde <
+    beta, and the mean is the same."""
+    x, d = jnp.full((4000, 1), 0.7), jnp.zeros((4000, 1))
+    z = jax.random.normal(jax.random.PRNGKey(0), x.shape)
+    sigma, s_n = jnp.float32(2.0), jnp.float32(0.5)
+    post = smp._ddpm_update(x, d, sigma, s_n, z, "posterior")
+    beta = smp._ddpm_update(x, d, sigma, s_n, z, "beta")
+    abar_p = 1.0 / (1.0 + s_n**2)
+    b = (sigma**2 - s_n**2) / (1.0 + sigma**2)
+    b_tilde = (s_n**2 / (1 + s_n**2)) / (sigma**2 / (1 + sigma**2)) * b
+    np.testing.assert_allclose(float(jnp.std(post * jnp.sqrt(abar_p))), float(jnp.sqrt(b_tilde)),
+                               rtol=0.05)
+    np.testing.assert_allclose(float(jnp.std(beta * jnp.sqrt(abar_p))), float(jnp.sqrt(b)),
+                               rtol=0.05)
+    np.testing.assert_allclose(float(post.mean()), float(beta.mean()), atol=0.05)
+    assert SamplerConfig().ddpm_variance == "posterior"

@@ -58,6 +58,8 @@ class SamplerConfig:
       guidance: classifier-free guidance scale w (1 = the conditional model, 0 = unconditional).
       s_churn, s_tmin, s_tmax, s_noise: Karras et al. 2022 Alg. 2 churn (s_churn = 0: none);
         euler and heun only.
+      ddpm_variance: ddpm only: the reverse step's variance, posterior (beta-tilde, the true
+        posterior's) or beta (the upper bound); Ho et al. 2020 (Sec. 3.2) found both similar.
     """
 
     sampler: SamplerName = "ddpm"
@@ -68,6 +70,7 @@ class SamplerConfig:
     s_tmin: float = 0.0
     s_tmax: float = float("inf")
     s_noise: float = 1.0
+    ddpm_variance: Literal["posterior", "beta"] = "posterior"
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
@@ -115,14 +118,14 @@ def guided_denoiser(denoise_fn: DenoiseFn, guidance: float, labels: jax.Array | 
     return guided
 
 
-def _ddpm_update(x, d, sigma, s_n, z):
+def _ddpm_update(x, d, sigma, s_n, z, variance="posterior"):
     """Ho et al. (2020) Eqs. 6-7 between abar_t = 1/(1+sigma^2) and abar_prev = 1/(1+s_n^2)."""
     abar_t, abar_p = 1.0 / (1.0 + sigma**2), 1.0 / (1.0 + s_n**2)
     beta = (sigma**2 - s_n**2) / (1.0 + sigma**2)  # = 1 - abar_t / abar_p, without cancellation
     one_m_abar_t, one_m_abar_p = sigma**2 / (1.0 + sigma**2), s_n**2 / (1.0 + s_n**2)
     coef_x0 = jnp.sqrt(abar_p) * beta / one_m_abar_t
     coef_xt = jnp.sqrt(1.0 - beta) * one_m_abar_p / one_m_abar_t
-    var = one_m_abar_p / one_m_abar_t * beta  # beta-tilde
+    var = one_m_abar_p / one_m_abar_t * beta if variance == "posterior" else beta  # or beta-tilde
     x_vp_next = coef_x0 * d + coef_xt * (x * jnp.sqrt(abar_t)) + jnp.sqrt(var) * z
     return x_vp_next / jnp.sqrt(abar_p)
 
@@ -171,7 +174,8 @@ def sampler_step_fn(cfg: SamplerConfig, denoise_fn: DenoiseFn, sigmas: jax.Array
                 x_next = d + (sigma_down / sigma) * (x - d) + sigma_up * noise(i, x)
             return SamplerState(x_next, d, key)
         if cfg.name == "ddpm":
-            return SamplerState(_ddpm_update(x, d, sigma, s_n, noise(i, x)), d, key)
+            return SamplerState(_ddpm_update(x, d, sigma, s_n, noise(i, x), cfg.ddpm_variance),
+                                d, key)
         # dpmpp_2m (Lu et al. 2022, Alg. 2), lambda = -log sigma, h = lambda_next - lambda.
         second = (i > 0) & (s_n > 0)
         h = jnp.where(second, jnp.log(sigma) - jnp.log(jnp.where(s_n > 0, s_n, 1.0)), 1.0)
