@@ -43,6 +43,9 @@ def test_vae_smoke_train_eval_sample_via_cli(tmp_path):
     (["train", "vae_mnist", "--set", "model.latent_dim=x"], "expected a value of type int"),
     (["train", "vae_mnist", "--set", "data.source=tfds", "--set", "data.data_dir=/nonexistent"],
      "is not prepared in /nonexistent"),
+    # the LM's default source is TFDS: the message names the local file that needs none
+    (["train", "lm_shakespeare_char:smoke", "--set", "data.data_dir=/nonexistent"],
+     "--set data.source=text_file --set data.path=FILE"),
 ])
 def test_cli_bad_input_exit_2(tmp_path, args, message):
     r = _jaxgen(*args, "--workdir", str(tmp_path / "w"))

@@ -83,7 +83,9 @@ def _scale_of(images: np.ndarray) -> float:
 def tfds_images(name: str, train_split: str, eval_split: str, data_dir: str) -> ImageSplits:
     """A prepared TFDS image dataset (mnist, fashion_mnist, binarized_mnist, cifar10, ...)."""
     def load(split):
-        src = tfds_source.open_split(name, split, data_dir)
+        src = tfds_source.open_split(name, split, data_dir, alternative=(
+            "--set data.source=npz --set data.path=FILE.npz (an image array and optional "
+            "labels), or data.source=mnist_embedded (offline MNIST)"))
         records = [src[i] for i in range(len(src))]
         if not records:
             raise ValueError(f"TFDS dataset {name!r} split {split!r} is empty")

@@ -28,6 +28,10 @@ def read_text_file(path: str) -> str:
         raise ValueError(f"text file {path} is not UTF-8 ({e.reason} at byte {e.start})") from None
 
 
+TEXT_FILE_HINT = ("train on a local text file: --set data.source=text_file --set "
+                  "data.path=FILE (e.g. tinyshakespeare's input.txt)")
+
+
 def tfds_text(name: str, data_dir: str = "", max_chars: int = 0) -> str:
     """All splits of a TFDS text dataset, in the order train, validation, test."""
     import tensorflow_datasets as tfds
@@ -40,7 +44,7 @@ def tfds_text(name: str, data_dir: str = "", max_chars: int = 0) -> str:
     splits = splits or ["train"]
     parts, total = [], 0
     for split in splits:
-        src = tfds_source.open_split(name, split, data_dir)
+        src = tfds_source.open_split(name, split, data_dir, alternative=TEXT_FILE_HINT)
         for i in range(len(src)):
             t = src[i]["text"]
             t = t.decode("utf-8") if isinstance(t, bytes) else str(t)

@@ -9,7 +9,7 @@ def default_data_dir(data_dir: str = "") -> str:
     return data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
 
 
-def open_split(name: str, split: str, data_dir: str = "") -> Any:
+def open_split(name: str, split: str, data_dir: str = "", alternative: str = "") -> Any:
     """A random-access TFDS data source, or a one-line ValueError saying how to prepare it."""
     import tensorflow_datasets as tfds
 
@@ -26,4 +26,5 @@ def open_split(name: str, split: str, data_dir: str = "") -> Any:
         raise ValueError(
             f"TFDS dataset {name!r} (split {split!r}) is not prepared in {data_dir}; prepare it "
             f"once on a machine with network access: pip install 'jaxgen[prepare]' && "
-            f"tfds build {name} --data_dir {data_dir}") from None
+            f"tfds build {name} --data_dir {data_dir}"
+            + (f"; or, with no TFDS, {alternative}" if alternative else "")) from None
