@@ -9,6 +9,7 @@ BigGAN-style residual up/down-sampling, scale-shift conditioning, attention at 1
 Variants:
   default      unconditional, as in the paper.
   conditional  class-conditional with label dropout 0.1, for classifier-free guidance.
+  tpu, gpu     the default recipe with batch 512 (bfloat16 compute, as the default).
 
 This machine has neither the data nor the network to prepare it:
 
@@ -25,14 +26,15 @@ from jaxgen.models.diffusion.settings import (
 )
 from jaxgen.train.optim import OptimConfig
 
-VARIANTS = ("default", "conditional")
+VARIANTS = ("default", "conditional", "tpu", "gpu")
 
 
 def get_config(variant: str = "default") -> DiffusionExperiment:
     if variant not in VARIANTS:
         raise ValueError(f"unknown diffusion_cifar10 variant {variant!r}; variants: {', '.join(VARIANTS)}")
     return DiffusionExperiment(
-        data=ImageData(source="tfds", name="cifar10", batch_size=128),
+        data=ImageData(source="tfds", name="cifar10",
+                       batch_size=512 if variant in ("tpu", "gpu") else 128),
         model=DiffusionModel(block_channels=(128, 256, 256, 256), layers_per_block=4,
                              attention_levels=(False, True, False, False), head_dim=0,
                              num_heads=1, dropout=0.1, norm_groups=32, scale_shift=True,

@@ -6,6 +6,8 @@ Variants:
   dit      the same objective with a small DiT backbone (patch 4).
   edm      EDM preconditioning and loss (Karras et al. 2022), sampled with EDM Heun.
   smoke    a tiny model for a few steps, for tests of the CLI.
+  tpu, gpu the default objective with a U-Net sized for an accelerator (64/128/256 channels,
+           attention heads of 64 at 14x14 and 7x7), bfloat16 compute, batch 256.
 
   jaxgen train diffusion_mnist
   jaxgen sample --workdir workdirs/diffusion_mnist --num 100 --out s.png \\
@@ -23,7 +25,7 @@ from jaxgen.models.diffusion.settings import (
 )
 from jaxgen.train.optim import OptimConfig
 
-VARIANTS = ("default", "dit", "edm", "smoke")
+VARIANTS = ("default", "dit", "edm", "smoke", "tpu", "gpu")
 
 # What the default variant changes from the library's defaults (DiffusionExperiment()), and why.
 WHY = {
@@ -85,4 +87,10 @@ def get_config(variant: str = "default") -> DiffusionExperiment:
                                       num_samples=10),
             sample=DiffusionSample(steps=3),
             eval=DiffusionEval(num_samples=20, bpd_examples=10, bpd_timesteps=2))
+    elif variant in ("tpu", "gpu"):
+        c = dataclasses.replace(
+            c, data=ImageData(batch_size=256),
+            model=dataclasses.replace(c.model, block_channels=(64, 128, 256), layers_per_block=2,
+                                      attention_levels=(False, True, True), head_dim=64,
+                                      norm_groups=32, dtype="bfloat16"))
     return c

@@ -10,6 +10,7 @@ Variants:
   default       hinge loss, spectrally normalised D, Adam(0.0, 0.9) at 2e-4, EMA of G.
   r1            non-saturating loss + lazy R1 (gamma 0.1), no spectral norm.
   conditional   class-conditional G and projection discriminator (Miyato & Koyama 2018), SN.
+  tpu, gpu      the default recipe in bfloat16 compute (float32 parameters), batch 256.
 
   jaxgen train gan_cifar10 --set data.data_dir=/path/to/tensorflow_datasets
 """
@@ -18,7 +19,7 @@ import dataclasses
 from jaxgen.config import ImageData, TrainConfig
 from jaxgen.models.gan.settings import GANExperiment, GANOptim, NetConfig, ObjectiveConfig
 
-VARIANTS = ("default", "r1", "conditional")
+VARIANTS = ("default", "r1", "conditional", "tpu", "gpu")
 
 
 def get_config(variant: str = "default") -> GANExperiment:
@@ -37,4 +38,7 @@ def get_config(variant: str = "default") -> GANExperiment:
         c = dataclasses.replace(c, model=dataclasses.replace(c.model, spectral_norm=False),
                                 gan=dataclasses.replace(c.gan, loss="nonsaturating",
                                                         penalty="r1"))
+    elif variant in ("tpu", "gpu"):
+        c = dataclasses.replace(c, data=dataclasses.replace(c.data, batch_size=256),
+                                model=dataclasses.replace(c.model, dtype="bfloat16"))
     return c

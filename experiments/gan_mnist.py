@@ -14,6 +14,8 @@ Variants:
   conditional   class-conditional: label embedding in G, projection discriminator (fd_lenet 93
                 after 500 steps, classifier score 8.8, every class 9-11%).
   smoke         a tiny pair for a few dozen steps, for tests.
+  tpu, gpu      the default recipe for an accelerator: native convolutions in D, bfloat16
+                compute (float32 parameters), batch 256.
 
   jaxgen train gan_mnist            # then: jaxgen eval --workdir workdirs/gan_mnist
 """
@@ -23,12 +25,14 @@ from jaxgen.config import EvalConfig, ImageData, TrainConfig
 from jaxgen.models.gan.settings import GANExperiment, NetConfig, ObjectiveConfig
 from jaxgen.train.mesh import MeshConfig
 
-VARIANTS = ("default", "hinge_sn", "conditional", "smoke")
+VARIANTS = ("default", "hinge_sn", "conditional", "smoke", "tpu", "gpu")
 DESCRIPTIONS = {
     "default": "DCGAN, non-saturating loss + lazy R1, EMA generator; ~2 min on 2 CPU cores",
     "hinge_sn": "DCGAN, hinge loss, spectrally normalised discriminator, no penalty",
     "conditional": "class-conditional DCGAN: label embedding in G, projection discriminator",
     "smoke": "a tiny GAN for a few dozen steps, for tests",
+    "tpu": "the default recipe for a TPU: native convolutions, bfloat16 compute, batch 256",
+    "gpu": "the default recipe for a GPU: native convolutions, bfloat16 compute, batch 256",
 }
 
 # What the default variant changes from the library's defaults (GANExperiment()), and why.
@@ -74,4 +78,9 @@ def get_config(variant: str = "default") -> GANExperiment:
             train=dataclasses.replace(c.train, steps=30, log_every=10, eval_every=0,
                                       ckpt_every=15, num_samples=16),
             eval=EvalConfig(sample_metrics=False, num_samples=100))
+    elif variant in ("tpu", "gpu"):
+        c = dataclasses.replace(
+            c, data=ImageData(batch_size=256),
+            model=dataclasses.replace(c.model, disc_conv="native", dtype="bfloat16"),
+            mesh=MeshConfig())
     return c

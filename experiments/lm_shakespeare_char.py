@@ -5,7 +5,8 @@ Variants:
   cpu       nanoGPT's CPU recipe size (4 layers, 4 heads, 128 wide, context 64, batch 12,
             2,000 steps), with RoPE, RMSNorm, SwiGLU, no biases, untied embeddings.
   gpu       nanoGPT's GPU recipe size (6 layers, 6 heads, 384 wide, context 256, batch 64,
-            5,000 steps, dropout 0.2).
+            5,000 steps, dropout 0.2), in bfloat16 compute with float32 parameters.
+  tpu       the gpu recipe for a TPU: scanned layers, batch 256.
   speedrun  the cpu recipe's shape at half its width (4 layers, 4 heads, 64 wide: a quarter of
             the matmul FLOPs per token), 1,300 steps at lr 4e-3: val loss <= 1.88 in under half
             of nanoGPT's CPU wall time.
@@ -23,7 +24,7 @@ from jaxgen.models.lm.model import LMConfig
 from jaxgen.models.lm.settings import LMExperiment
 from jaxgen.train.optim import OptimConfig
 
-VARIANTS = ("cpu", "gpu", "speedrun", "smoke")
+VARIANTS = ("cpu", "gpu", "tpu", "speedrun", "smoke")
 
 # What the default variant (cpu) changes from the library's defaults (LMExperiment()), and why.
 WHY = {
@@ -53,10 +54,13 @@ def get_config(variant: str = "cpu") -> LMExperiment:
         return LMExperiment(data=data, optim=dataclasses.replace(OPTIM, lr=2e-3),
                             train=dataclasses.replace(train, steps=2000, eval_every=0,
                                                       ckpt_every=2000))
-    if variant == "gpu":
+    if variant in ("gpu", "tpu"):
+        tpu = variant == "tpu"
         return LMExperiment(
-            data=dataclasses.replace(data, seq_len=256, batch_size=64, eval_batches=50),
-            model=LMConfig(num_layers=6, num_heads=6, d_model=384, dropout=0.2),
+            data=dataclasses.replace(data, seq_len=256, batch_size=256 if tpu else 64,
+                                     eval_batch_size=256 if tpu else 64, eval_batches=50),
+            model=LMConfig(num_layers=6, num_heads=6, d_model=384, dropout=0.2,
+                           dtype="bfloat16", scan_layers=tpu),
             optim=dataclasses.replace(OPTIM, lr=1e-3),
             train=dataclasses.replace(train, steps=5000, eval_every=500, ckpt_every=1000))
     if variant == "speedrun":

@@ -4,6 +4,8 @@ Variants:
   default   the tuned recipe: MLP 512-256, 32 latents, Bernoulli, EMA, 7,000 steps.
   baseline  the Flax example's VAE: 784-500-20 MLP, Bernoulli, Adam 1e-3, batch 128.
   smoke     a tiny model for a few dozen steps, for tests of the CLI.
+  tpu, gpu  the default recipe for an accelerator: bfloat16 compute (float32 parameters),
+            batch 512.
 
   jaxgen train vae_mnist            # then: jaxgen eval --workdir workdirs/vae_mnist
 """
@@ -14,7 +16,7 @@ from jaxgen.models.vae.settings import VAEConfig, VAEEval, VAEExperiment
 from jaxgen.train.mesh import MeshConfig
 from jaxgen.train.optim import OptimConfig
 
-VARIANTS = ("default", "baseline", "smoke")
+VARIANTS = ("default", "baseline", "smoke", "tpu", "gpu")
 
 # What the default variant changes from the library's defaults (VAEExperiment()), and why.
 WHY = {
@@ -51,4 +53,8 @@ def get_config(variant: str = "default") -> VAEExperiment:
             train=TrainConfig(steps=30, log_every=10, eval_every=0, ckpt_every=15,
                               num_samples=16),
             eval=VAEEval(iwae_k=16, iwae_chunk=8))
+    elif variant in ("tpu", "gpu"):
+        c = dataclasses.replace(
+            c, data=dataclasses.replace(c.data, batch_size=512, eval_batch_size=1000),
+            model=dataclasses.replace(c.model, dtype="bfloat16"), mesh=MeshConfig())
     return c

@@ -120,6 +120,24 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a sampling setting, e.g. --set sample.temperature=0.8")
 
+    k = sub.add_parser("compile", help="compile an experiment for a TPU/GPU topology, here",
+                       description="Compile EXPERIMENT[:VARIANT]'s train step, sampler and eval "
+                       "step for an accelerator topology on this host (no accelerator and no "
+                       "data needed; TPU needs libtpu: pip install 'jaxgen[tpu]'). Prints "
+                       "per-chip memory against HBM, FLOPs, the compiler's ESTIMATED step time "
+                       "and MFU, the collectives and the attention kernels, and writes them as "
+                       "JSON. Exit 1 when a program does not fit, with the figures.")
+    k.add_argument("experiment", metavar="EXPERIMENT[:VARIANT]")
+    k.add_argument("--topology", required=True, metavar="NAME",
+                   help="v5e:2x2, v5e:16x16, v4:2x2x1, v5p:4x4x4, v6e:4x4, v5e-256, h100:8, ...")
+    k.add_argument("--slices", type=int, default=1, help="slices joined over DCN (default 1)")
+    k.add_argument("--programs", default="train,sample,eval",
+                   help="which programs to compile (default train,sample,eval)")
+    k.add_argument("--out", metavar="FILE.json", help="write the report here (default: "
+                   "compile/EXPERIMENT_VARIANT_TOPOLOGY.json)")
+    k.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value first, e.g. --set mesh.fsdp=256 (repeatable)")
+
     b = sub.add_parser("bench", add_help=False, help="benchmark suite: attention | denoise | "
                        "train | all (jaxgen bench NAME --help)")
     b.add_argument("bench_args", nargs=argparse.REMAINDER, metavar="NAME [options]")
@@ -299,6 +317,25 @@ def cmd_bench(args) -> int:
     return bench_main(args.bench_args, prog="jaxgen bench")
 
 
+def cmd_compile(args) -> int:
+    from jaxgen.train.workdir import check_output_file
+
+    name = f"{args.experiment.replace(':', '_')}_{args.topology.replace(':', '_')}"
+    out = args.out or os.path.join("compile", name + (f"_x{args.slices}" if args.slices > 1
+                                                      else "") + ".json")
+    check_output_file(out, "--out", (".json",))
+    from jaxgen.aot.experiment import compile_experiment, format_summary
+    from jaxgen.train.workdir import write_json
+
+    result = compile_experiment(args.experiment, args.topology, slices=args.slices,
+                                overrides=args.overrides,
+                                programs=[p.strip() for p in args.programs.split(",") if p.strip()])
+    print(format_summary(result))
+    write_json(out, result)
+    print(f"\nwritten to {out} (times and MFU are the compiler's estimates, not measurements)")
+    return 0
+
+
 def cmd_list(args) -> int:
     from jaxgen import experiments
 
@@ -338,7 +375,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _quiet_libraries()
     commands = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "bench": cmd_bench,
-                "list": cmd_list, "config": cmd_config}
+                "list": cmd_list, "config": cmd_config, "compile": cmd_compile}
+    if args.command == "compile":
+        # compile-only devices: never initialise a local accelerator or probe for a TPU VM
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        from jaxgen.aot.topology import deviceless_env
+
+        deviceless_env()
     from jaxgen.errors import RunError
     try:
         return commands[args.command](args)

@@ -179,7 +179,7 @@ def test_auto_on_gpu_prefers_cudnn_and_logs_each_fallback_once(caplog):
 
 def test_kernel_names_are_public():
     assert set(kernels.KERNELS) == {"auto", "reference", "xla", "cudnn", "short", "chunked",
-                                    "cpu_flash", "pallas"}
+                                    "cpu_flash", "pallas", "splash"}
 
 
 @pytest.mark.parametrize("kernel", ["reference", "xla", "short", "chunked", "cpu_flash"])

@@ -93,9 +93,13 @@ def test_pallas_rounded_block_gives_reference_values():
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_auto_on_tpu_uses_xla_not_the_cpu_kernel(dtype):
+def test_auto_on_tpu_uses_splash_where_it_runs_else_xla_never_a_cpu_kernel(dtype):
     q = jax.ShapeDtypeStruct((2, 4096, 8, 128), dtype)
-    assert choose_kernel(q, q, causal=True, mask=None, platform="tpu") == "xla"
+    assert choose_kernel(q, q, causal=True, mask=None, platform="tpu") == "splash"
+    odd = jax.ShapeDtypeStruct((2, 4000, 8, 128), dtype)  # T not a multiple of 128
+    assert choose_kernel(odd, odd, causal=True, mask=None, platform="tpu") == "xla"
+    mask = jnp.ones((4096, 4096), bool)  # an arbitrary mask: splash takes none
+    assert choose_kernel(q, q, causal=False, mask=mask, platform="tpu") == "xla"
 
 
 def test_auto_on_gpu_rejects_blocks_the_gpu_cannot_tile():

@@ -239,7 +239,7 @@ def test_recipe_variants_build():
     assert (cpu.model.num_layers, cpu.model.num_heads, cpu.model.d_model, cpu.data.seq_len,
             cpu.data.batch_size, cpu.train.steps) == (4, 4, 128, 64, 12, 2000)
     with pytest.raises(ValueError, match="variant"):
-        recipe.get_config("tpu")
+        recipe.get_config("tpu_v9")
 
 
 def test_train_step_lowers_loss_and_eval_masks_padding(tmp_path):

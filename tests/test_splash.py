@@ -1,7 +1,6 @@
 """The splash (Pallas TPU) attention kernel: numerics in the Pallas interpreter on CPU against
 reference_attention (unsharded and under shard_map on simulated CPU devices), the one-line reasons
 it cannot run, and compiled for a v5e:2x2 topology. Skipped, with one line, without libtpu."""
-import os
 
 import jax
 import jax.numpy as jnp
@@ -14,8 +13,6 @@ from jaxgen import aot
 from jaxgen.nn.kernels.reference import reference_attention
 from jaxgen.nn.kernels.splash import kernel_platform, splash_attention, splash_unusable_reason
 
-# libtpu would first look for a TPU VM's metadata server, which a CPU host does not have.
-os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
 pytest.importorskip(
     "libtpu", reason="libtpu is not installed (pip install 'jax[tpu]'): TPU compile tests skipped")
 

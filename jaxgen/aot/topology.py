@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 
@@ -113,8 +114,27 @@ def parse_topology(name: str) -> TopologySpec:
     return TopologySpec(chip, shape)
 
 
+DEVICELESS_ENV = {
+    "TPU_SKIP_MDS_QUERY": "1",  # do not probe a GCE metadata server for a TPU VM
+    # libtpu takes /tmp/libtpu_lockfile so two processes never drive the same chips; compiling
+    # for a topology drives none, so it must not fail beside a training run or a second compile
+    "ALLOW_MULTIPLE_LIBTPU_LOAD": "1",
+    "TPU_STDERR_LOG_LEVEL": "3",  # libtpu's notes about host bounds it cannot find
+    "TPU_MIN_LOG_LEVEL": "3",
+}
+
+
+def deviceless_env() -> None:
+    """Set libtpu's environment for compile-only use (before libtpu loads; a variable the user
+    set is kept)."""
+    for key, value in DEVICELESS_ENV.items():
+        os.environ.setdefault(key, value)
+
+
 def _tpu_devices(spec: TopologySpec, slices: int) -> list:
     from jax.experimental import topologies
+
+    deviceless_env()
 
     bounds = tuple(min(s, b) for s, b in
                    zip(spec.shape + (1,) * (3 - len(spec.shape)), DEFAULT_CHIPS_PER_HOST))

@@ -55,6 +55,7 @@ from jaxgen.train.state import TrainState
 
 Batch = dict[str, Any]
 Metrics = dict[str, Any]
+ABSTRACT_KEY = jax.ShapeDtypeStruct((2,), jnp.uint32)  # a PRNG key's shape: no computation
 
 
 class Family:
@@ -75,6 +76,9 @@ class Family:
     visualize: Optional[Callable[..., list]] = None
 
     def __init__(self, config: Experiment, data_info: dict):
+        from jaxgen.nn.precision import check_trainable
+
+        check_trainable(config.model)  # the one precision policy (jaxgen.nn.precision)
         self.config = config
         self.data_info = dict(data_info)
 
@@ -128,13 +132,18 @@ class Family:
     def ema_of(self, params: Any) -> Any:
         return params
 
+    def model_flops(self, batch_size: int) -> Optional[float]:
+        """The model's FLOPs in one training step of ``batch_size`` examples (forward and
+        backward, all chips), for MFU; None when the family does not count them."""
+        return None
+
     def logical_axes(self) -> Optional[Any]:
         """The parameters' logical axis names (a tree of PartitionSpecs, shapes only), or None
         when the family gives no :meth:`init_params`."""
         import flax.linen as nn
 
         try:
-            return nn.get_partition_spec(jax.eval_shape(self.init_params, jax.random.PRNGKey(0)))
+            return nn.get_partition_spec(jax.eval_shape(self.init_params, ABSTRACT_KEY))
         except NotImplementedError:
             return None
 
@@ -144,7 +153,7 @@ class Family:
         from jaxgen.nn import partitioning
 
         try:
-            boxed = jax.eval_shape(self.init_params, jax.random.PRNGKey(0))
+            boxed = jax.eval_shape(self.init_params, ABSTRACT_KEY)
         except NotImplementedError:
             return None
         return partitioning.mesh_specs(boxed, mesh)

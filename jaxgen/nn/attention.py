@@ -20,6 +20,10 @@ import jax.numpy as jnp
 from jaxgen.nn import kernels
 from jaxgen.nn.kernels import attention  # noqa: F401  (re-exported: the attention function)
 from jaxgen.nn.layers import Initializer, dense_general, dtype_of
+from jaxgen.nn.partitioning import constrain
+
+ACT_HEADS = ("activation_batch", "activation_length", "activation_heads", "kv")
+ACT_KV_HEADS = ("activation_batch", "activation_length", "activation_kv_heads", "kv")
 
 KVCache = dict  # {"k": [B, S, K, H], "v": [B, S, K, H]}
 
@@ -91,13 +95,16 @@ class SelfAttention(nn.Module):
         kk, v = kv[:, :, 0], kv[:, :, 1]
         if rope is not None:
             q, kk = apply_rope(q, *rope), apply_rope(kk, *rope)
+        q = constrain(q, ACT_HEADS)
+        kk, v = constrain(kk, ACT_KV_HEADS), constrain(v, ACT_KV_HEADS)
         if cache is None:
             o = kernels.attention(q, kk, v, causal=True, kernel=self.kernel)
             new_cache = None
         else:
             start = (0, cache_index, 0, 0)
-            new_cache = {"k": jax.lax.dynamic_update_slice(cache["k"], kk.astype(cache["k"].dtype), start),
-                         "v": jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)}
+            new_cache = {name: constrain(jax.lax.dynamic_update_slice(
+                cache[name], new.astype(cache[name].dtype), start), ACT_KV_HEADS)
+                for name, new in (("k", kk), ("v", v))}
             o = kernels.attention(q, new_cache["k"].astype(q.dtype), new_cache["v"].astype(q.dtype),
                                   causal=False, mask=mask, kernel=self.kernel)
         out = dense_general(x.shape[-1], ("heads", "kv", "embed"), axis=(-2, -1),

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgen.nn.kernels import KernelName
+from jaxgen.nn.partitioning import constrain
 from jaxgen.nn.layers import (
     DType,
     ImageSelfAttention,
@@ -40,6 +41,7 @@ from jaxgen.nn.layers import (
 )
 
 XAVIER = nn.initializers.xavier_uniform()
+ACT = ("activation_batch", "activation_length", "activation_embed")
 ZEROS = nn.initializers.zeros
 # the patch conv kernel [p, p, C, hidden] initialised as one [p*p*C, hidden] matrix, as in DiT
 PATCH_INIT = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform", in_axis=(0, 1, 2),
@@ -137,7 +139,7 @@ class DiTBlock(nn.Module):
                   **kw)(h)
         h = dense(d, ("mlp", "embed"), kernel_init=XAVIER, name="fc2",
                   **kw)(nn.gelu(h, approximate=True))
-        return x + gate_mlp[:, None, :] * h
+        return constrain(x + gate_mlp[:, None, :] * h, ACT)
 
 
 class DiT(nn.Module):

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.nn import kernels
-from jaxgen.nn.partitioning import with_axes
+from jaxgen.nn.partitioning import constrain, with_axes
 
 Initializer = Callable[..., jax.Array]
 Dtype = Any
@@ -50,7 +50,7 @@ def dense(features: int, axes: tuple[Optional[str], Optional[str]], *,
 def dense_general(features: int | Sequence[int], axes: Sequence[Optional[str]], *,
                   axis: int | Sequence[int] = -1, kernel_init: Initializer = LECUN,
                   use_bias: bool = False, dtype: Any = "float32", param_dtype: Any = "float32",
-                  name: Optional[str] = None) -> nn.DenseGeneral:
+                  name: Optional[str] = None, **kw: Any) -> nn.DenseGeneral:
     """``nn.DenseGeneral`` (kernel [in..., features...] with logical ``axes``, one per kernel
     dimension; the bias takes the feature axes). Its initializer sees the kernel flattened to
     [prod(in), prod(features)], so values equal those of an ``nn.Dense`` of that shape."""
@@ -59,7 +59,7 @@ def dense_general(features: int | Sequence[int], axes: Sequence[Optional[str]], 
     return nn.DenseGeneral(features, axis=axis, use_bias=use_bias, dtype=dtype_of(dtype),
                            param_dtype=dtype_of(param_dtype),
                            kernel_init=with_axes(kernel_init, axes),
-                           bias_init=with_axes(ZEROS, tuple(axes)[n_in:]), name=name)
+                           bias_init=with_axes(ZEROS, tuple(axes)[n_in:]), name=name, **kw)
 
 
 CONV_AXES = (None, None, "conv_in", "conv_out")
@@ -172,6 +172,8 @@ class MLP(nn.Module):
                                       kernel_init=self.kernel_init, **kw)(x), approximate=True)
         else:
             raise ValueError(f"unknown MLP kind {self.kind!r}; use 'swiglu' or 'gelu'")
+        h = constrain(h, ("activation_batch",) + ("activation_length",) * (h.ndim - 2)
+                      + ("activation_mlp",))
         return dense_general(d, ("mlp", "embed"), kernel_init=self.out_init, name="wo", **kw)(h)
 
 

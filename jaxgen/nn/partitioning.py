@@ -78,6 +78,29 @@ def mesh_specs(boxed_params: Any, mesh: jax.sharding.Mesh,
                         specs, shapes, is_leaf=lambda x: isinstance(x, P) or x is None)
 
 
+def logical_spec(axes: Sequence[Optional[str]], rules: Sequence[tuple[str, Any]] = RULES) -> P:
+    """The mesh PartitionSpec of logical ``axes`` under ``rules`` (unknown names: None)."""
+    table = dict(rules)
+    return P(*(table.get(a) if a is not None else None for a in axes))
+
+
+BATCH = ("activation_batch",)  # the leading axis of an activation
+
+
+def constrain(x: jax.Array, axes: Sequence[Optional[str]]) -> jax.Array:
+    """``x`` constrained to the sharding its logical ``axes`` name (one per dimension, e.g.
+    ("activation_batch", "activation_length", "activation_embed")), on the mesh the program is
+    traced under (``jax.set_mesh``); a mesh axis that does not divide a dimension is left out.
+    Without a mesh, ``x`` unchanged. Layers call it at their boundaries, so activations stay
+    sharded over the batch (and heads over "tensor") whatever sharding the parameters have."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    axes = tuple(axes) + (None,) * (x.ndim - len(tuple(axes)))
+    spec = _fit(logical_spec(axes), tuple(x.shape), dict(mesh.shape))
+    return jax.lax.with_sharding_constraint(x, spec)
+
+
 def unboxed_without_axes(boxed_params: Any) -> list[str]:
     """Key paths of parameters that carry no logical axis names (for tests: there should be
     none in a jaxgen model)."""

@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.nn.kernels import KernelName
+from jaxgen.nn.partitioning import BATCH, constrain
 from jaxgen.nn.layers import (
     DType,
     GroupNorm,
@@ -208,7 +209,7 @@ class ResBlock(nn.Module):
         h = _conv(cfg, c, 3, "conv2", zero=cfg.zero_init)(h)
         if x.shape[-1] != c:
             x = _conv(cfg, c, 1, "skip")(x)
-        return x.astype(dtype_of(cfg.dtype)) + h
+        return constrain(x.astype(dtype_of(cfg.dtype)) + h, BATCH)
 
 
 class AttentionBlock(nn.Module):

@@ -69,16 +69,14 @@ def _to_host(x: jax.Array) -> np.ndarray:
 def draw_samples(run: Any, state: Any, rng: jax.Array, num: int, options: Any = None,
                  batch: int = 0) -> np.ndarray:
     """``num`` samples as a host numpy array, drawn in chunks of ``batch`` (0: all at once),
-    each chunk sharded over the data-parallel devices when it divides evenly."""
+    each chunk sharded over the data-parallel devices (:meth:`Run.draw`)."""
     chunk = num if batch <= 0 else min(batch, num)
     out, i = [], 0
     while i * chunk < num:
         signals.check()
         n = min(chunk, num - i * chunk)
         key = rng if chunk == num else jax.random.fold_in(rng, i)
-        with run.active():
-            samples = run.sampler(n)(state, key, n, options)
-        out.append(_to_host(samples))
+        out.append(_to_host(run.draw(state, key, n, options)))
         i += 1
     return np.concatenate(out) if len(out) > 1 else out[0]
 

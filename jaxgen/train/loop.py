@@ -31,6 +31,7 @@ from jaxgen.config import Experiment
 from jaxgen.experiments import CONFIG_FILE
 from jaxgen.errors import RunError, UsageError
 from jaxgen.models.base import Family
+from jaxgen.nn.kernels import dispatch
 from jaxgen.train import mesh as mesh_lib
 from jaxgen.train.checkpoint import Checkpointer
 from jaxgen.train.evaluate import evaluate, write_samples  # noqa: F401  (re-exported)
@@ -84,15 +85,29 @@ class Run:
         the model sees the devices it is compiled for (the attention kernel's choice)."""
         return jax.set_mesh(self.mesh)
 
+    def padded(self, n: int) -> int:
+        """``n`` rounded up to a multiple of the data-parallel devices."""
+        shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        return -(-n // shards) * shards
+
     def sampler(self, n: int) -> Callable:
         """``family.sample`` jitted for ``n`` samples (cached), sharded over the batch when the
-        data-parallel devices divide ``n``, replicated otherwise."""
+        data-parallel devices divide ``n`` (:meth:`draw` pads to make them), else replicated."""
         if n not in self._samplers:
-            shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-            out = self.batch_sharding if n % shards == 0 else mesh_lib.replicated(self.mesh)
+            out = self.batch_sharding if n == self.padded(n) else mesh_lib.replicated(self.mesh)
             self._samplers[n] = jax.jit(self.family.sample, static_argnums=(2, 3),
                                         out_shardings=out)
         return self._samplers[n]
+
+    def draw(self, state: Any, rng: jax.Array, n: int, options: Any) -> jax.Array:
+        """``n`` samples drawn sharded over the batch: the sampler runs on ``n`` rounded up to
+        the data-parallel devices and the extra samples are dropped. With partitionable PRNG
+        keys (JAX's default) every random array is drawn along the batch, so the samples are
+        those of an unpadded draw (on any number of devices)."""
+        m = self.padded(n)
+        with self.active():
+            samples = self.sampler(m)(state, rng, m, options)
+        return samples if m == n else samples[:n]
 
 
 def config_to_dict(config: Experiment) -> dict:
@@ -106,15 +121,17 @@ def _as_family(family: Any, config: Experiment, data_info: dict) -> Family:
 
 # ----------------------------------------------------------------------------- build
 def build(config: Experiment, devices: Optional[list] = None,
-          datasets: Any = None, *, family: Family | FamilyFactory) -> Run:
+          datasets: Any = None, *, family: Family | FamilyFactory,
+          mesh: Optional[jax.sharding.Mesh] = None) -> Run:
     """Builds mesh, data pipelines, family, abstract sharded state and jitted steps.
 
     ``family`` is a :class:`Family`, a Family subclass or a factory ``(config, data_info) ->
     Family`` (such as :func:`jaxgen.models.make_family`, the registry, which the CLI passes).
     ``datasets`` replaces the pipelines of ``config.data`` (research code bringing its own
     data: any object with ``train``, ``make_eval()`` and ``info`` as in :mod:`jaxgen.data`).
+    ``mesh`` replaces the mesh of ``config.mesh`` over ``devices`` (e.g. a topology's).
     """
-    mesh = mesh_lib.make_mesh(config.mesh, devices)
+    mesh = mesh_lib.make_mesh(config.mesh, devices) if mesh is None else mesh
     n_batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
     for key in ("batch_size", "eval_batch_size"):
         size = int(getattr(config.data, key))
@@ -126,7 +143,7 @@ def build(config: Experiment, devices: Optional[list] = None,
     sample_batch = next(iter(datasets.make_eval()))
     sample_batch = {k: v for k, v in sample_batch.items() if k != "mask"}
     rng = jax.random.PRNGKey(config.seed)
-    with jax.set_mesh(mesh):
+    with jax.set_mesh(mesh), dispatch.silent():
         abstract = jax.eval_shape(family.init_state, rng, sample_batch)
         specs = family.param_specs(abstract.params, mesh)
     state_sh = mesh_lib.state_shardings(abstract, mesh, specs)

@@ -10,6 +10,7 @@ import dataclasses
 from typing import Any, Callable, Literal, Optional
 
 import jax
+import jax.numpy as jnp
 import optax
 
 
@@ -137,11 +138,12 @@ def make_optimizer(cfg: OptimConfig, total_steps: int, logical_axes: Optional[An
     ``total_steps`` updates. ``logical_axes``: the parameters' logical axis names (Muon splits
     multi-axis kernels by them, see :func:`muon_dimension_numbers`)."""
     sched = make_schedule(cfg, total_steps)
+    f32 = jnp.float32  # Adam's first moments in float32 whatever the parameters' dtype
     if cfg.name == "adamw":
-        opt = optax.adamw(sched, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+        opt = optax.adamw(sched, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, mu_dtype=f32,
                           weight_decay=cfg.weight_decay, mask=_decay_mask)
     elif cfg.name == "adam":
-        opt = optax.adam(sched, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+        opt = optax.adam(sched, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, mu_dtype=f32)
     elif cfg.name == "muon":
         # Muon (Jordan et al. 2024) on matrices, AdamW on the rest; as in modded-nanogpt.
         # Adam gets its own schedule (Muon's ~0.02 would blow Adam up) and the same decay.

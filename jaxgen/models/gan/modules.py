@@ -40,7 +40,7 @@ import jax.numpy as jnp
 
 from jaxgen.models.gan.settings import NetConfig
 from jaxgen.nn.layers import CONV_AXES, LECUN, ONES, ZEROS, conv, dense, dtype_of, embed
-from jaxgen.nn.partitioning import with_axes
+from jaxgen.nn.partitioning import BATCH, constrain, with_axes
 
 LEAK = 0.2
 
@@ -100,7 +100,7 @@ class Generator(nn.Module):
             last = i == stages - 1
             width = channels if last else width // 2
             h = conv(4 * width, (3, 3), padding="SAME", name=f"up_{i}", **kw)(h)
-            h = depth_to_space(h)                                    # resolution x2
+            h = constrain(depth_to_space(h), BATCH)                  # resolution x2
             if not last:
                 h = nn.relu(norm(h, f"up_{i}_norm"))
         return jnp.tanh(h.astype(jnp.float32))                       # [B, H, W, C]
@@ -190,7 +190,7 @@ class Discriminator(nn.Module):
                 layer = PatchConv(width, 4, 2, name=f"down_{i}", **kw)
             else:
                 layer = conv(width, (4, 4), strides=2, padding="SAME", name=f"down_{i}", **kw)
-            h = nn.leaky_relu(self._call(layer, h, update_stats), LEAK)
+            h = constrain(nn.leaky_relu(self._call(layer, h, update_stats), LEAK), BATCH)
         phi = h.reshape(h.shape[0], -1)                              # [B, 64 w]
         logit = self._call(dense(1, ("mlp", None), name="psi", **kw), phi,
                            update_stats)[:, 0].astype(jnp.float32)

@@ -74,6 +74,17 @@ class LMFamily(LossFamily):
     def init_params(self, rng: jax.Array) -> Any:
         return self.model.init(rng, jnp.zeros((1, self.cfg.max_len), jnp.int32))["params"]
 
+    def model_flops(self, batch_size: int) -> float:
+        """FLOPs of one training step: 6 per matmul parameter per token (forward and backward;
+        Kaplan et al. 2020) plus causal attention's 6 T^2 D per layer and sequence (PaLM's
+        12 L T D per token, halved for the causal mask; Chowdhery et al. 2022, App. B)."""
+        c = self.cfg
+        d, h, t = c.d_model, c.head_dim, c.max_len
+        attn = d * c.num_heads * h * 2 + 2 * d * c.kv_heads * h
+        mlp = (3 if c.mlp == "swiglu" else 2) * d * c.hidden
+        n_matmul = c.num_layers * (attn + mlp) + c.vocab_size * d
+        return 6.0 * batch_size * t * n_matmul + 6.0 * batch_size * c.num_layers * t * t * d
+
     def loss_fn(self, params, batch, rng, step):
         del step
         loss = jnp.mean(token_losses(self.cfg, params, batch["tokens"], rng))

@@ -11,6 +11,7 @@ axis) and rematerialised (Chen et al. 2016). Every parameter carries logical axi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Literal, Optional
 
@@ -21,6 +22,11 @@ import jax.numpy as jnp
 from jaxgen.nn.attention import SelfAttention, init_cache, rope_tables
 from jaxgen.nn.kernels import KernelName
 from jaxgen.nn.layers import MLP, DType, dense_general, dtype_of, embed, norm
+from jaxgen.nn.partitioning import constrain
+
+ACT = ("activation_batch", "activation_length", "activation_embed")  # the residual stream
+F32_DOT = functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32)
+CACHE = ("activation_batch", "activation_length", "activation_kv_heads", "kv")  # [B, S, K, H]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +137,7 @@ class Block(nn.Module):
         kw = dict(dtype=c.dtype, param_dtype=c.param_dtype)
         init = nn.initializers.normal(c.init_std)
         out_init = nn.initializers.normal(c.init_std / math.sqrt(2 * c.num_layers))  # GPT-2
+        x = constrain(x, ACT)
         h = norm(c.norm, use_bias=c.use_bias, name="attn_norm", **kw)(x)
         h, new_cache = SelfAttention(c.num_heads, c.kv_heads, c.head_dim, use_bias=c.use_bias,
                                      kernel=c.attention_kernel, kernel_init=init,
@@ -141,7 +148,7 @@ class Block(nn.Module):
         h = MLP(c.hidden, c.mlp, use_bias=c.use_bias, kernel_init=init, out_init=out_init,
                 name="mlp", **kw)(h)
         x = x + nn.Dropout(c.dropout)(h, deterministic=self.deterministic)
-        return x, new_cache
+        return constrain(x, ACT), new_cache
 
 
 class Transformer(nn.Module):
@@ -150,6 +157,9 @@ class Transformer(nn.Module):
     With ``cache`` (from :func:`make_cache`) and ``cache_index`` (int32 scalar, the position of
     tokens[:, 0]) the tokens' keys and values are written to the cache and each token attends to
     every cached position up to its own: this is prefill (T > 1) and incremental decoding (T = 1).
+    The cache is one stacked pytree [L, B, S, K, H] for scanned layers and a tuple of per-layer
+    pytrees [B, S, K, H] otherwise, so a decoding step updates it in place (a
+    ``dynamic_update_slice`` per layer) and never copies it.
     """
 
     config: LMConfig
@@ -172,11 +182,12 @@ class Transformer(nn.Module):
             pos_embed = embed(c.max_len, c.d_model, init=init, axes=(None, "embed"),
                               dtype=c.dtype, param_dtype=c.param_dtype, name="pos_embed")
             x = x + pos_embed(positions).astype(dt)[None]
-        x = nn.Dropout(c.dropout)(x, deterministic=deterministic)
+        x = constrain(nn.Dropout(c.dropout)(x, deterministic=deterministic), ACT)
         rope = rope_tables(positions, c.head_dim, c.rope_base) if c.positions == "rope" else None
         mask = None
         if cache is not None:
-            mask = jnp.arange(cache["k"].shape[2])[None, :] <= positions[:, None]  # [T, S]
+            length = (cache["k"] if c.scan_layers else cache[0]["k"]).shape[-3]
+            mask = jnp.arange(length)[None, :] <= positions[:, None]  # [T, S]
 
         block = Block  # (carry, *xs) signature, as nn.scan expects
         if c.remat != "none":
@@ -189,26 +200,36 @@ class Transformer(nn.Module):
         else:
             new_layers = []
             for i in range(c.num_layers):
-                layer_cache = None if cache is None else jax.tree.map(lambda a, i=i: a[i], cache)
+                layer_cache = None if cache is None else cache[i]
                 x, lc = block(c, deterministic, name=f"block_{i}")(x, layer_cache, rope, mask, cache_index)
                 new_layers.append(lc)
-            new_cache = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *new_layers)
+            new_cache = None if cache is None else tuple(new_layers)
 
         x = norm(c.norm, use_bias=c.use_bias, dtype=c.dtype, param_dtype=c.param_dtype,
                  name="final_norm")(x)
+        # The head accumulates in float32 (a bfloat16 model's logits are not rounded to bf16).
         if c.tie_embeddings:
-            logits = tok_embed.attend(x)
+            logits = jnp.einsum("btd,vd->btv", x, tok_embed.embedding.astype(dt),
+                                preferred_element_type=jnp.float32)
         else:
             logits = dense_general(c.vocab_size, ("embed", "vocab"), kernel_init=init,
-                                   dtype=c.dtype, param_dtype=c.param_dtype, name="head")(x)
-        logits = logits.astype(jnp.float32)
+                                   dtype=c.dtype, param_dtype=c.param_dtype, name="head",
+                                   dot_general=F32_DOT)(x)
+        logits = constrain(logits.astype(jnp.float32),
+                           ("activation_batch", "activation_length", "activation_vocab"))
         return logits if cache is None else (logits, new_cache)
 
 
-def make_cache(config: LMConfig, batch: int, length: int) -> dict:
-    """Zero KV cache for all layers: {"k", "v"} each [L, B, length, K, H] in the compute dtype."""
+def make_cache(config: LMConfig, batch: int, length: int) -> Any:
+    """Zero KV cache for all layers in the compute dtype, sharded (under a mesh) with the batch
+    over the data axes and the key/value heads over "tensor": {"k", "v"} each [L, B, length,
+    K, H] for scanned layers, else a tuple of L such pytrees of [B, length, K, H]."""
     one = init_cache(batch, length, config.kv_heads, config.head_dim, config.dtype)
-    return jax.tree.map(lambda a: jnp.zeros((config.num_layers,) + a.shape, a.dtype), one)
+    one = jax.tree.map(lambda a: constrain(a, CACHE), one)
+    if config.scan_layers:
+        return jax.tree.map(lambda a: constrain(jnp.zeros((config.num_layers,) + a.shape, a.dtype),
+                                                ("layers",) + CACHE), one)
+    return tuple(jax.tree.map(jnp.copy, one) for _ in range(config.num_layers))
 
 
 def num_params(params: Any) -> int:

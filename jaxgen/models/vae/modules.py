@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jaxgen.models.vae.likelihoods import NUM_PARAMS
 from jaxgen.models.vae.settings import VAEConfig
 from jaxgen.nn.layers import CONV_AXES, conv, dense, dtype_of
-from jaxgen.nn.partitioning import with_axes
+from jaxgen.nn.partitioning import BATCH, constrain, with_axes
 
 ACT = nn.gelu
 
@@ -32,8 +32,10 @@ def stage_sizes(hw: tuple[int, int], stages: int) -> list[tuple[int, int]]:
     return sizes
 
 
-def _dense(width: int, axes: tuple, m: nn.Module) -> nn.Module:
-    return dense(width, axes, dtype=m.dtype, param_dtype=m.param_dtype)
+def _dense(width: int, axes: tuple, m: nn.Module):
+    """A dense layer whose output stays sharded over the batch."""
+    layer = dense(width, axes, dtype=m.dtype, param_dtype=m.param_dtype)
+    return lambda h: constrain(layer(h), BATCH)
 
 
 def _conv(ch: int, m: nn.Module, **kw) -> nn.Module:

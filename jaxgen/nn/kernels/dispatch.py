@@ -11,15 +11,21 @@ Kernels: ``reference`` (plain JAX, float32 scores), ``xla`` and ``cudnn``
 (``jax.nn.dot_product_attention``), ``short`` (short sequences laid out for XLA:CPU's batched
 matmuls), ``chunked`` (memory-efficient, Rabe & Staats 2021, with a FlashAttention-2 backward
 and causal block skipping), ``cpu_flash`` (FlashAttention as a C++ AVX-512 kernel behind
-``jax.ffi``, float32), ``pallas`` (flash attention, Dao et al. 2022; GPU, or interpret mode).
-A kernel that takes no arbitrary mask (``cpu_flash``, ``pallas``) named for a call that has
-one (KV-cache decoding) is a preference, not an order: that call uses ``auto``.
+``jax.ffi``, float32), ``pallas`` (flash attention, Dao et al. 2022, in Triton; GPU, or
+interpret mode), ``splash`` (Pallas's TPU flash attention, the causal mask as block sparsity).
+The two Pallas kernels are opaque to the SPMD partitioner, so under a mesh they run under
+``shard_map``, each device on its own batch and head shard (no gather). A kernel that takes no
+arbitrary mask (``cpu_flash``, ``pallas``, ``splash``) named for a call that has one (KV-cache
+decoding) is a preference, not an order: that call uses ``auto``.
 
 The ``auto`` rule (CPU figures from ``python -m benchmarks attention`` and
-``python -m benchmarks.unet_parts`` on a 2-core CPU; the GPU order from the kernels' design):
+``python -m benchmarks.unet_parts`` on a 2-core CPU; the accelerators' order from the
+kernels' design):
 - GPU: ``cudnn`` when usable (fp16/bf16, head dim a multiple of 8 and <= 256), else ``pallas``
   when usable (no mask, T_q == T_k, T a multiple of its blocks), else ``xla``.
-- TPU and any other accelerator: ``xla``.
+- TPU: ``splash`` when usable (no mask, T_k a multiple of 128, T_q of 8, f32/bf16, the batch and
+  key/value heads dividing over the mesh's batch and tensor axes), else ``xla``.
+- Any other accelerator: ``xla``.
 - CPU: for causal attention with T_k >= CAUSAL_CHUNKED_MIN_T or any attention with
   T_q * T_k >= CHUNKED_MIN_SCORES, ``cpu_flash`` when it can run (float32, no mask, head dim a
   multiple of 16, AVX-512 and a compiler), else ``chunked``; below that, ``short``.
@@ -27,6 +33,7 @@ Each fallback is logged once per cause.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import typing
 from typing import Literal
@@ -45,14 +52,22 @@ from jaxgen.nn.kernels.pallas import (
     pallas_unusable_reason,
 )
 from jaxgen.nn.kernels.reference import reference_attention
+from jaxgen.nn.kernels.sharding import shard_attention
 from jaxgen.nn.kernels.short import short_attention
+from jaxgen.nn.kernels.splash import (
+    DEFAULT_BATCH_AXES,
+    auto_axes,
+    DEFAULT_HEAD_AXES,
+    splash_attention,
+    splash_unusable_reason,
+)
 from jaxgen.nn.kernels.xla import cudnn_unusable_reason, dot_product_attention
 
 log = logging.getLogger(__name__)
 _logged: set[str] = set()
 
 KernelName = Literal["auto", "reference", "xla", "cudnn", "short", "chunked", "cpu_flash",
-                     "pallas"]
+                     "pallas", "splash"]
 KERNELS: tuple[str, ...] = typing.get_args(KernelName)
 # Kernels that take an arbitrary mask; the others only causal or none.
 MASK_KERNELS = ("reference", "xla", "cudnn", "short", "chunked")
@@ -72,9 +87,62 @@ def current_platform() -> str:
     return device.platform if device is not None else jax.default_backend()
 
 
+# (kernel, dtype) pairs ``auto`` and explicit names resolved to while tracing (what a compile
+# report names); cleared by whoever reads it.
+chosen: set[tuple[str, str]] = set()
+_silent = [0]
+
+
+@contextlib.contextmanager
+def silent():
+    """Neither log ``auto``'s fallbacks nor record :data:`chosen` inside this block: for
+    traces that never run (a model's abstract initialisation, often on a batch of 1 or outside
+    the mesh), which would otherwise report a kernel the compiled step does not use."""
+    _silent[0] += 1
+    try:
+        yield
+    finally:
+        _silent[0] -= 1
+
+
+def _shards(axes: tuple[str, ...]) -> tuple[tuple[str, ...], int]:
+    """(the axes of ``axes`` the context mesh has, their total size); ((), 1) without a mesh."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return (), 1
+    have = tuple(a for a in axes if a in auto_axes(mesh))
+    size = 1
+    for a in have:
+        size *= mesh.shape[a]
+    return have, size
+
+
+def _mesh_split_reason(name: str, q: jax.Array, k: jax.Array) -> str | None:
+    """Why a kernel run per shard cannot split these inputs over the context mesh, or None."""
+    _, n_b = _shards(DEFAULT_BATCH_AXES)
+    _, n_h = _shards(DEFAULT_HEAD_AXES)
+    if q.shape[0] % n_b:
+        return f"attention kernel {name!r}: batch {q.shape[0]} does not divide over {n_b} shards"
+    if k.shape[2] % n_h:
+        return (f"attention kernel {name!r}: key/value heads {k.shape[2]} do not divide over "
+                f"{n_h} tensor shards")
+    return None
+
+
+def _per_shard(fn):
+    """``fn`` under ``shard_map`` over the context mesh's batch and head axes (no mesh: fn)."""
+    if jax.sharding.get_abstract_mesh().empty:
+        return fn
+    batch, _ = _shards(DEFAULT_BATCH_AXES)
+    heads, _ = _shards(DEFAULT_HEAD_AXES)
+    if not batch and not heads:  # inside a shard_map over them already
+        return fn
+    return shard_attention(fn, batch_axes=batch or None, head_axes=heads or None)
+
+
 def _fallback(chosen: str, reason: str) -> str:
     message = f"attention kernel 'auto' uses {chosen!r}: {reason}"
-    if message not in _logged:
+    if message not in _logged and not _silent[0]:
         _logged.add(message)
         log.info(message)
     return chosen
@@ -103,10 +171,14 @@ def choose_kernel(q: jax.Array, k: jax.Array, *, causal: bool, mask: jax.Array |
         if cudnn_reason is None:
             return "cudnn"
         pallas_reason = (pallas_unusable_reason(q, k, mask=mask, interpret=False, platform=platform)
-                         or _pallas_blocks_reason(t_q))
+                         or _pallas_blocks_reason(t_q) or _mesh_split_reason("pallas", q, k))
         if pallas_reason is None:
             return _fallback("pallas", cudnn_reason)
         return _fallback("xla", f"{cudnn_reason}; {pallas_reason}")
+    if platform == "tpu":
+        reason = (splash_unusable_reason(q, k, mask, platform, causal=causal)
+                  or _mesh_split_reason("splash", q, k))
+        return "splash" if reason is None else _fallback("xla", reason)
     if platform != "cpu":
         return _fallback("xla", f"platform {platform} has no kernel tuned for it here")
     if (causal and t_k >= CAUSAL_CHUNKED_MIN_T) or t_q * t_k >= CHUNKED_MIN_SCORES:
@@ -137,6 +209,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False,
         raise ValueError(f"unknown attention kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
     if kernel == "auto" or (mask is not None and kernel not in MASK_KERNELS):
         kernel = choose_kernel(q, k, causal=causal, mask=mask)
+    if not _silent[0]:
+        chosen.add((kernel, str(jax.numpy.dtype(q.dtype))))
     blocks = {name: size for name, size in (("block_q", block_q), ("block_k", block_k))
               if size is not None}
     if kernel == "reference":
@@ -150,5 +224,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False,
         return chunked_attention(q, k, v, causal=causal, mask=mask, scale=scale, **blocks)
     if kernel == "cpu_flash":
         return cpu_flash_attention(q, k, v, causal=causal, mask=mask, scale=scale, **blocks)
-    return pallas_attention(q, k, v, causal=causal, mask=mask, scale=scale,
-                            interpret=interpret, **blocks)
+    if kernel == "splash":
+        return splash_attention(q, k, v, causal=causal, mask=mask, scale=scale,
+                                interpret=interpret, **blocks)
+    return _per_shard(lambda q, k, v: pallas_attention(
+        q, k, v, causal=causal, mask=mask, scale=scale, interpret=interpret, **blocks))(q, k, v)

@@ -112,12 +112,19 @@ def _make_kernel(heads: int, t_q: int, t_k: int, *, causal: bool, block_q: int, 
                                   head_shards=1, q_seq_shards=1, interpret=interpret)
 
 
+def auto_axes(mesh) -> tuple[str, ...]:
+    """The axes of ``mesh`` a kernel may still ``shard_map`` over: all but those an enclosing
+    ``shard_map`` has already made manual (inside it, each device holds its shard already)."""
+    manual = set(getattr(mesh, "manual_axes", ()) or ())
+    return tuple(a for a in mesh.axis_names if a not in manual)
+
+
 def _axes(names: str | Sequence[str] | None, default: tuple[str, ...], mesh) -> tuple[str, ...]:
     if names is None:
         return ()
     names = (names,) if isinstance(names, str) else tuple(names)
-    if names == default:  # the defaults name axes a mesh may not have
-        return tuple(a for a in names if a in mesh.axis_names)
+    if names == default:  # the defaults name axes a mesh may not have (or has made manual)
+        return tuple(a for a in names if a in auto_axes(mesh))
     unknown = [a for a in names if a not in mesh.axis_names]
     if unknown:
         raise ValueError(f"attention kernel 'splash': mesh axes {unknown} not in the mesh's axes "
