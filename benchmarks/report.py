@@ -103,6 +103,27 @@ def _series(rows: list[dict], panel: dict) -> dict[str, list[tuple[float, float]
     return {k: sorted(v) for k, v in out.items()}
 
 
+def _one_point_each(series: dict[str, list[tuple[float, float]]]) -> bool:
+    """Whether every series is one point at one shared x (a quick run of one size): a line
+    plot of that is a scatter of dots; bars compare it."""
+    return bool(series) and all(len(p) == 1 for p in series.values()) and \
+        len({p[0][0] for p in series.values()}) == 1
+
+
+def _draw_bars(ax: Any, series: dict[str, list[tuple[float, float]]], panel: dict) -> str:
+    """One labelled bar per series (log y where the panel asks); returns the title's suffix
+    naming the shared x."""
+    labels = sorted(series)
+    values = [series[k][0][1] for k in labels]
+    bars = ax.bar(range(len(labels)), values, color=[f"C{i % 10}" for i in range(len(labels))])
+    ax.bar_label(bars, labels=[format_value("", v) for v in values], fontsize=7)
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+    if panel.get("logy"):
+        ax.set_yscale("log")
+    x = series[labels[0]][0][0]
+    return f" ({panel.get('xlabel', panel['x'])} = {format_value('', x)})"
+
+
 def write_png(path: str, record: dict) -> None:
     """One subplot per plot panel of every benchmark that ran; a note when there is none."""
     import matplotlib
@@ -118,19 +139,23 @@ def write_png(path: str, record: dict) -> None:
         axes[0][0].set_axis_off()
     for ax, (name, panel, rows) in zip(axes[0], panels):
         series = _series(rows, panel)
-        for label, points in sorted(series.items()):
-            ax.plot([x for x, _ in points], [y for _, y in points], marker="o", label=label)
-        if panel.get("logx") and series:
-            ax.set_xscale("log", base=2)
-        if panel.get("logy") and series:
-            ax.set_yscale("log")
-        ax.set_title(f"{name}: {panel.get('title', '')}", fontsize=9)
-        ax.set_xlabel(panel.get("xlabel", panel["x"]))
+        title = f"{name}: {panel.get('title', '')}"
+        if _one_point_each(series):
+            title += _draw_bars(ax, series, panel)
+        else:
+            for label, points in sorted(series.items()):
+                ax.plot([x for x, _ in points], [y for _, y in points], marker="o", label=label)
+            if panel.get("logx") and series:
+                ax.set_xscale("log", base=2)
+            if panel.get("logy") and series:
+                ax.set_yscale("log")
+            ax.set_xlabel(panel.get("xlabel", panel["x"]))
+            if series:
+                ax.legend(fontsize=8)
+        ax.set_title(title, fontsize=9)
         ax.set_ylabel(panel.get("ylabel", panel["y"]))
         ax.grid(True, alpha=0.3)
-        if series:
-            ax.legend(fontsize=8)
-        else:
+        if not series:
             ax.text(0.5, 0.5, "no timed rows", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

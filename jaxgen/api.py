@@ -5,9 +5,11 @@
     images = run.sample(16, seed=0, sampler="ddim", steps=25, label=3)  # numpy [16, 28, 28, 1]
     metrics = run.evaluate()          # what `jaxgen eval` prints (without writing files)
     params = run.params               # the EMA weights where the run keeps them
+    run.num_params                    # parameters trained (generator + discriminator for a GAN)
 
 Works for every family: ``sample`` returns what the family samples (images in [0, 1], or token
-ids for language models; ``run.save_samples(x, path)`` writes a PNG grid or text), and its
+ids for language models, which ``run.decode(tokens)`` turns into texts; ``run.save_samples(x,
+path)`` writes a PNG grid, text or .npz), and its
 keyword options are the family's sampler settings (the experiment's ``sample`` config keys).
 ``run.sample(n, seed=s)`` draws exactly what ``jaxgen sample --num n --seed s`` writes.
 """
@@ -31,6 +33,11 @@ class Run:
     step: int
     state: Any
     built: Any  # jaxgen.train.loop.Run: config, mesh, data, family, compiled steps
+    missing_data: str = ""  # the data file that was not found (then built without data)
+
+    @property
+    def has_data(self) -> bool:
+        return not self.missing_data
 
     @property
     def config(self):
@@ -45,6 +52,33 @@ class Run:
         """The weights sampling uses by default: the EMA where the run keeps one."""
         return self.state.ema_params if self.state.ema_params is not None else self.state.params
 
+    @property
+    def num_params(self) -> int:
+        """The number of trained parameters (for the GAN: generator and discriminator)."""
+        from jaxgen.train.state import param_count
+
+        return param_count(self.state.params)
+
+    def encode(self, text: str) -> np.ndarray:
+        """Token ids int32 [T] of ``text`` under the run's tokenizer (language models: a prompt
+        for ``sample(n, prompt=text)`` is encoded the same way)."""
+        return self._text_family("encode").encode(text)
+
+    def decode(self, tokens: Any, **options: Any) -> list[str]:
+        """The texts of token rows [n, T] (what ``sample`` returns for a language model), each
+        cut after the sampler's stop token as ``jaxgen sample`` writes them; ``options``: the
+        sampler options the tokens were drawn with (the prompt and stop token matter)."""
+        family = self._text_family("decode")
+        tokens = np.asarray(tokens)
+        return family.texts(tokens[None] if tokens.ndim == 1 else tokens,
+                            family.sample_options(**options))
+
+    def _text_family(self, what: str) -> Any:
+        if self.family.sample_kind != "text":
+            raise UsageError(f"Run.{what} is for language models; this run is a "
+                             f"{self.family.name or 'model'} of {self.family.sample_kind}s")
+        return self.family
+
     def sample(self, n: int, seed: int = 0, **options: Any) -> np.ndarray:
         """``n`` samples as numpy (images [n, H, W, C] in [0, 1], or tokens [n, T])."""
         from jaxgen.train.evaluate import draw_samples
@@ -53,14 +87,20 @@ class Run:
         opts = self.family.sample_options(**options)
         return draw_samples(self.built, self.state, jax.random.PRNGKey(seed), n, opts)
 
-    def save_samples(self, samples: np.ndarray, path: str) -> list[str]:
-        """Writes samples as the family does (PNG grid or text); returns the files written."""
+    def save_samples(self, samples: np.ndarray, path: str, scale: int = 1) -> list[str]:
+        """Writes samples as the family does (a PNG grid enlarged ``scale`` times, text, or
+        .npz by the suffix of ``path``); returns the files written."""
+        from jaxgen.train.evaluate import save_samples
+
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        return self.family.save_samples(samples, path)
+        return save_samples(self.family, samples, path, scale)
 
     def evaluate(self, *, samples: bool = True, figures_prefix: Optional[str] = None) -> dict:
         """The metrics ``jaxgen eval`` reports: the family's data metrics, its final evaluation
         (IWAE, bits/dim) and, for image families with a reference set, sample metrics."""
+        if not self.has_data:
+            raise UsageError(f"evaluating {self.workdir} needs its data, which was not found "
+                             f"({self.missing_data}); sampling needs none")
         return full_evaluation(self.built, self.state, self.step, samples=samples,
                                figures_prefix=figures_prefix)
 
@@ -109,13 +149,16 @@ def full_evaluation(built: Any, state: Any, step: int, *, samples: bool = True,
     return results
 
 
-def load(workdir: str, overrides: Sequence[str] = (), *, need_data: bool = True) -> Run:
-    """Restores the newest checkpoint of ``workdir``.
+def load(workdir: str, overrides: Sequence[str] = (), *, need_data: Optional[bool] = None
+         ) -> Run:
+    """Restores the newest checkpoint of ``workdir``, from any directory: the workdir keeps
+    absolute data paths and its own tokenizer, so it can be loaded (and moved) on its own.
 
     Args:
       workdir: a directory ``jaxgen train`` wrote (it holds config.json and checkpoints/).
       overrides: ``"key=value"`` evaluation/sampling settings (``eval.*``, ``sample.*``).
-      need_data: False builds the run without its data files (sampling only).
+      need_data: True builds the run with its data (``evaluate`` needs it), False without it
+        (sampling only), None (default) with it where its files are found, else without.
     Raises:
       UsageError: not a workdir, or an override of a training key.
     """
@@ -132,10 +175,24 @@ def load(workdir: str, overrides: Sequence[str] = (), *, need_data: bool = True)
                              f"training change needs jaxgen train")
     config = experiments.apply_overrides(loop.load_config(workdir), list(overrides))
     config = loop.workdir_paths(config, workdir)
+    missing = missing_data_file(config)
+    if need_data is None:
+        need_data = not missing
     datasets = None if need_data else loop.datasets_for_sampling(workdir, config)
     built = loop.build(config, family=models.make_family, datasets=datasets)
     step, state = loop.restore_latest(built, workdir)
-    return Run(workdir, int(step), state, built)
+    return Run(workdir, int(step), state, built, "" if need_data else missing or "not asked for")
+
+
+def missing_data_file(config: Any) -> str:
+    """``"data.KEY=PATH"`` of the first data file of ``config`` that does not exist, or ""."""
+    from jaxgen.train.loop import PATH_FIELDS
+
+    for key in PATH_FIELDS:
+        path = getattr(config.data, key, "")
+        if key != "tokenizer_path" and path and not os.path.exists(path):
+            return f"data.{key}={path}"
+    return ""
 
 
 # Keys a restored run may change: they do not alter the trained state.

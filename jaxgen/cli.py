@@ -117,6 +117,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--num", type=int, default=64, help="number of samples (default 64)")
     s.add_argument("--out", required=True, help="output file, e.g. samples.png")
     s.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    s.add_argument("--scale", type=int, default=1,
+                   help="enlarge a PNG grid N times, nearest neighbour (default 1)")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a sampling setting, e.g. --set sample.temperature=0.8")
 
@@ -213,13 +215,18 @@ def cmd_train(args) -> int:
     config = loop.absolute_data_paths(experiments.apply_overrides(config, args.overrides))
     host.configure_cpu_host(config, distributed=_distributed(args))
     _init_distributed(args)
+    finished = loop.finished_step(workdir, config)
     try:
         state = loop.train(config, workdir, family=models.make_family,
                            progress=not args.no_progress)
     except loop.Preempted as e:
         print(f"jaxgen train: {e}", file=sys.stderr)
         return loop.PREEMPTED_EXIT_STATUS
-    print(f"trained {config.experiment} to step {int(state.step)} in {workdir}")
+    if finished is not None and int(state.step) == finished:
+        print(f"{workdir} was already trained to step {finished} (train.steps="
+              f"{config.train.steps}): nothing was done; --set train.steps=N to train on")
+    else:
+        print(f"trained {config.experiment} to step {int(state.step)} in {workdir}")
     return 0
 
 
@@ -291,11 +298,16 @@ def cmd_sample(args) -> int:
 
     if args.num <= 0:
         raise UsageError(f"--num must be positive, got {args.num}")
+    if args.scale < 1:
+        raise UsageError(f"--scale must be a positive integer, got {args.scale}")
     suffix = family_class(loop.load_config(args.workdir).family).sample_suffix
     check_output_file(args.out, "--out", (suffix, ".npz"))
+    if args.scale != 1 and not args.out.endswith(".png"):
+        raise UsageError(f"--scale enlarges PNG grids; {args.out} is not one")
     restored = _restored_run(args, need_data=False)
     run, state = restored.built, restored.state
-    files = loop.write_samples(run, state, jax.random.PRNGKey(args.seed), args.num, args.out)
+    files = loop.write_samples(run, state, jax.random.PRNGKey(args.seed), args.num, args.out,
+                               scale=args.scale)
     for f in files:
         print(f)
     return 0
@@ -368,7 +380,22 @@ def cmd_config(args) -> int:
         print(f"{line}  # {doc}" if doc and not args.short else line.rstrip())
     if not args.short:
         print(f"# every line's key=value can be given back with --set; {len(rows)} settings")
+        print(f"# parameters: {_param_count_line(config)}")
     return 0
+
+
+def _param_count_line(config) -> str:
+    """The model's parameter count from the settings' shapes (no data read, nothing run)."""
+    from jaxgen import models
+    from jaxgen.errors import UsageError
+    from jaxgen.train import loop
+    from jaxgen.train.state import format_count
+
+    try:
+        n = loop.shape_param_count(config, models.make_family)
+    except UsageError as e:
+        return f"known once the data is read ({e})"
+    return f"{n:,} ({format_count(n)})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -376,8 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     commands = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "bench": cmd_bench,
                 "list": cmd_list, "config": cmd_config, "compile": cmd_compile}
-    if args.command == "compile":
-        # compile-only devices: never initialise a local accelerator or probe for a TPU VM
+    if args.command in ("compile", "config"):
+        # compile-only devices, or shapes only: never initialise a local accelerator or probe
+        # for a TPU VM
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
         from jaxgen.aot.topology import deviceless_env
 

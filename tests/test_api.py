@@ -100,3 +100,110 @@ def test_class_balanced_batch_cycles_through_sorted_classes():
     batch = class_balanced_batch(iter(batches), n=25)
     assert batch["label"].tolist() == list(range(10)) * 2 + list(range(5))
     assert "mask" not in batch and batch["image"].shape == (25, 2, 2, 1)
+
+
+def _cli(*args, cwd):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    return subprocess.run([sys.executable, "-m", "jaxgen.cli", *args], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=600)
+
+
+def test_lm_workdir_is_self_contained_logs_lr_and_params_and_decodes_from_python(tmp_path):
+    """Issue 23 items 5, 6, 12 and 14: a workdir trained with a relative data path loads from
+    anywhere after it is moved and its text is deleted; the run logs its parameter count and
+    learning rate; Run samples with sampler options and decodes; re-running says it did
+    nothing."""
+    import json
+    import re
+    import shutil
+
+    from jaxgen.train.optim import learning_rates
+
+    data = tmp_path / "data"
+    data.mkdir()
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        (data / "corpus.txt").write_text(f.read())
+    cmd = ("train", "lm_shakespeare_char:smoke", "--workdir", "w", "--no-progress",
+           "--set", "data.source=text_file", "--set", "data.path=corpus.txt",
+           "--set", "mesh.cpu_devices=1")
+    r = _cli(*cmd, cwd=data)  # relative workdir and data path
+    assert r.returncode == 0, r.stderr[-2000:]
+    logged = int(re.search(r"([\d,]+) parameters \(", r.stderr).group(1).replace(",", ""))
+    metrics = (data / "w" / "metrics.jsonl").read_text()
+    config = experiments.get_config("lm_shakespeare_char:smoke")
+    rows = [json.loads(line) for line in metrics.splitlines()]
+    train_rows = [row for row in rows if row["split"] == "train"]
+    assert [row["step"] for row in train_rows] == [2, 4]
+    for row in train_rows:  # the warm-up then cosine rate of the update that made the step
+        want = learning_rates(config.optim, config.train.steps, row["step"] - 1)["lr"]
+        assert row["lr"] == pytest.approx(want, rel=1e-6) and row["lr"] > 0
+
+    again = _cli(*cmd, cwd=data)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "already trained to step 4" in again.stdout and "nothing was done" in again.stdout
+    assert (data / "w" / "metrics.jsonl").read_text() == metrics
+
+    moved = str(tmp_path / "elsewhere" / "w")
+    shutil.move(str(data / "w"), moved)
+    (data / "corpus.txt").unlink()
+    run = jaxgen.load(moved)  # from the tests' directory, without the training text
+    assert run.num_params == logged and not run.has_data
+    with pytest.raises(UsageError, match="needs its data.*data.path="):
+        run.evaluate()
+    tokens = run.sample(2, seed=1, max_new_tokens=5, temperature=0.5)
+    prompt = run.encode(run.config.sample.prompt)
+    assert tokens.shape == (2, len(prompt) + 5)
+    np.testing.assert_array_equal(tokens[:, :len(prompt)], np.broadcast_to(prompt, (2, len(prompt))))
+    texts = run.decode(tokens)
+    assert [run.encode(t).tolist() for t in texts] == tokens.tolist()  # characters: a bijection
+    with pytest.raises(UsageError, match="unknown sample option"):
+        run.sample(1, max_new_tokenz=5)
+
+    wrong = _cli("sample", "--workdir", moved, "--scale", "2", "--out", "x.txt", cwd=tmp_path)
+    assert wrong.returncode == 2 and "--scale enlarges PNG grids" in wrong.stderr
+
+
+def test_config_prints_the_parameter_count_of_the_built_model(capsys):
+    import jax
+
+    from jaxgen.train import loop
+    from jaxgen.train.state import format_count, param_count
+
+    assert cli.main(["config", "gan_mnist:smoke"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    config = experiments.get_config("gan_mnist:smoke")
+    run = loop.build(config, jax.devices()[:1], family=jaxgen.make_family)
+    state = loop.init_state(run, next(iter(run.datasets.make_eval())))  # real arrays
+    n = param_count(state.params)
+    assert n > 0 and line == f"# parameters: {n:,} ({format_count(n)})"
+
+
+def test_image_grid_scale_is_nearest_neighbour_and_checked():
+    from jaxgen.train.images import image_grid
+
+    images = np.random.default_rng(0).random((5, 3, 4, 1)).astype(np.float32)
+    one = image_grid(images, ncols=3)
+    three = image_grid(images, ncols=3, scale=3)
+    assert three.shape == (one.shape[0] * 3, one.shape[1] * 3, 1)
+    np.testing.assert_array_equal(three[::3, ::3], one)
+    np.testing.assert_array_equal(three[2::3, 1::3], one)
+    with pytest.raises(ValueError, match="positive integer"):
+        image_grid(images, scale=0)
+
+
+def test_gan_logs_each_networks_scheduled_rate():
+    from jaxgen.models.gan.family import GANFamily
+
+    config = experiments.apply_overrides(experiments.get_config("gan_mnist:smoke"), [
+        "optim.lr=1e-3", "optim.disc_lr=4e-3", "optim.schedule=cosine", "optim.warmup_steps=0",
+        "optim.end_lr_factor=0.1", "train.steps=10", "gan.n_disc=2", "data.batch_size=8"])
+    fam = GANFamily(config, {"kind": "image", "shape": (28, 28, 1), "num_classes": 10})
+    start, end = fam.learning_rates(0), fam.learning_rates(10)
+    assert start == pytest.approx({"lr_gen": 1e-3, "lr_disc": 4e-3})
+    assert end == pytest.approx({"lr_gen": 1e-4, "lr_disc": 4e-4})
+    # halfway through the generator's 10 updates the discriminator is halfway through its 20
+    half = fam.learning_rates(5)
+    assert half["lr_gen"] / 1e-3 == pytest.approx(half["lr_disc"] / 4e-3)
+    assert half["lr_gen"] == pytest.approx(1e-4 + 0.5 * (1e-3 - 1e-4))
+

@@ -172,6 +172,25 @@ def test_report_writes_table_with_skips_and_noise_marks_and_a_png(tmp_path):
         assert json.load(f)["benchmarks"][1]["status"] == "skipped"
 
 
+def test_a_quick_run_of_one_size_is_drawn_as_labelled_bars():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panel = {"x": "T", "y": "ms", "series": "k", "logy": True, "xlabel": "T"}
+    rows = [{"k": "xla", "T": 256, "ms": 2.0}, {"k": "torch", "T": 256, "ms": 3.0}]
+    series = report._series(rows, panel)
+    assert report._one_point_each(series)
+    assert not report._one_point_each(report._series(rows + [{"k": "xla", "T": 512, "ms": 5.0}],
+                                                     panel))
+    fig, ax = plt.subplots()
+    suffix = report._draw_bars(ax, series, panel)
+    assert [p.get_height() for p in ax.patches] == [3.0, 2.0]  # sorted labels: torch, xla
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["torch", "xla"]
+    assert suffix == " (T = 256)" and ax.get_yscale() == "log"
+    plt.close(fig)
+
+
 def _tiny_case():
     from benchmarks.attention_grid import Case
     return Case(2, 2, 32, 16, True, "float32")

@@ -11,7 +11,6 @@ time and MFU in it is the compiler's estimate, not a measurement.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import Any, Optional, Sequence
 
@@ -21,6 +20,7 @@ from jax.sharding import AxisType
 from jaxgen.aot.report import aot_compile, compile_report
 from jaxgen.aot.topology import make_topology_mesh, topology_devices
 from jaxgen.config import Experiment
+from jaxgen.train.state import param_count
 
 log = logging.getLogger("jaxgen")
 PROGRAMS = ("train", "sample", "eval")
@@ -39,10 +39,6 @@ def _abstract_batch(run: Any, batch_size: int) -> dict:
     return {k: jax.ShapeDtypeStruct((batch_size, *v.shape[1:]), v.dtype,
                                     sharding=run.batch_sharding)
             for k, v in sample.items() if k != "mask"}
-
-
-def _param_count(abstract_params: Any) -> int:
-    return sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params))
 
 
 def _compile(name: str, run: Any, lowering, context: str, model_flops: Optional[float],
@@ -132,7 +128,7 @@ def compile_experiment(spec: str | Experiment, topology: str, *, slices: int = 1
     family = run.family
     out = {"experiment": config.experiment or str(spec), "topology": topology, "slices": slices,
            "num_devices": len(devices), "mesh": dict(mesh.shape),
-           "parameters": _param_count(run.abstract_state.params),
+           "parameters": param_count(run.abstract_state.params),
            "precision": {"compute": getattr(config.model, "dtype", None),
                          "params": getattr(config.model, "param_dtype", None)},
            "programs": {}}

@@ -24,8 +24,9 @@ Contract (shapes for a global batch of B examples):
       the experiment's ``sample`` settings with ``overrides`` applied and validated (a frozen,
       hashable dataclass); a bad value is a one-line ``UsageError``. This is how sampler
       settings change at sampling time without rebuilding the family.
-  save_samples(samples, path) -> list[str]
-      host side: writes what ``sample`` produced (PNG grid, text, .npz) and returns the files.
+  save_samples(samples, path, scale=1) -> list[str]
+      host side: writes what ``sample`` produced (PNG grid enlarged ``scale`` times, text, .npz)
+      and returns the files.
   final_eval(state, batches) -> dict  (None when there is none)
       host-driven, expensive evaluation run by ``jaxgen eval`` (e.g. the IWAE bound, k=5000).
   visualize(state, rng, batch, path_prefix) -> list[str]  (None when there is none)
@@ -36,6 +37,8 @@ Contract (shapes for a global batch of B examples):
   sample_eval_variants: {name: sample_options overrides} scored by sample-based evaluation;
       "" is the default (reported at the top level), others are nested under their name
       (e.g. the GAN's {"": EMA generator, "raw": raw generator}).
+  learning_rates(step) -> {name: rate} scheduled at train step ``step`` (host side; the loop
+      logs them with the step's metrics as ``lr``, or ``lr_gen``/``lr_disc`` for the GAN).
   ema_of(params) -> the subtree ``state.ema_params`` tracks (all params by default; the GAN's
       generator only).
 """
@@ -99,6 +102,10 @@ class Family:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ shared defaults
+    def learning_rates(self, step: int) -> dict[str, float]:
+        """The scheduled learning rates at train step ``step`` (none by default)."""
+        return {}
+
     def check_sample_options(self, options: Any) -> Any:
         """Validation of sample options against the model (a label out of range, ...)."""
         return options
@@ -116,14 +123,16 @@ class Family:
             base = settings.replace(base, **overrides)
         return self.check_sample_options(base)
 
-    def save_samples(self, samples: Any, path: str) -> list[str]:
-        """PNG grid (images) or .npz (``path`` ending in .npz, key ``images``/``samples``)."""
+    def save_samples(self, samples: Any, path: str, scale: int = 1) -> list[str]:
+        """PNG grid (images, enlarged ``scale`` times) or .npz (``path`` ending in .npz, key
+        ``images``/``samples``, the values themselves)."""
         from jaxgen.train.images import save_image_grid
 
         if path.endswith(".npz"):
             return [save_npz(path, samples, "images" if self.sample_kind == "image" else
                              "samples")]
-        return [save_image_grid(np.asarray(samples), path, ncols=self.grid_columns(len(samples)))]
+        return [save_image_grid(np.asarray(samples), path, ncols=self.grid_columns(len(samples)),
+                                scale=scale)]
 
     def grid_columns(self, n: int) -> Optional[int]:
         """Columns of a sample grid (None: square)."""
@@ -174,6 +183,12 @@ class LossFamily(Family):
         self.ema = EMAConfig.from_train(config.train)
         self._step = make_train_step(self.loss_fn, self.tx, grad_accum=config.optim.grad_accum,
                                      ema=self.ema, ema_of=self.ema_of)
+
+    def learning_rates(self, step: int) -> dict[str, float]:
+        """``{"lr": rate}`` of ``config.optim``'s schedule at update ``step``."""
+        from jaxgen.train.optim import learning_rates
+
+        return learning_rates(self.config.optim, self.config.train.steps, step)
 
     def loss_fn(self, params: Any, batch: Batch, rng: jax.Array, step: jax.Array
                 ) -> tuple[jax.Array, Metrics]:

@@ -146,12 +146,21 @@ def evaluate(run: Any, state: Any, batches: Optional[Iterable[dict]] = None, *,
 
 
 def write_samples(run: Any, state: Any, rng: jax.Array, num: int, path: str,
-                  options: Any = None) -> list[str]:
-    """Draws ``num`` samples with the family's sampler and writes them (PNG grid or text)."""
+                  options: Any = None, scale: int = 1) -> list[str]:
+    """Draws ``num`` samples with the family's sampler and writes them (PNG grid enlarged
+    ``scale`` times, text or .npz)."""
     if options is None:
         options = run.family.sample_options()
     samples = draw_samples(run, state, rng, num, options)
     if jax.process_index() != 0:
         return []
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    return run.family.save_samples(samples, path)
+    return save_samples(run.family, samples, path, scale)
+
+
+def save_samples(family: Any, samples: Any, path: str, scale: int = 1) -> list[str]:
+    """``family.save_samples``, passing ``scale`` only when it is not 1 (a research family's
+    own ``save_samples(samples, path)`` keeps working)."""
+    if scale == 1:
+        return family.save_samples(samples, path)
+    return family.save_samples(samples, path, scale=scale)

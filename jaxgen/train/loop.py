@@ -30,12 +30,13 @@ from jaxgen import settings, signals
 from jaxgen.config import Experiment
 from jaxgen.experiments import CONFIG_FILE
 from jaxgen.errors import RunError, UsageError
-from jaxgen.models.base import Family
+from jaxgen.models.base import ABSTRACT_KEY, Family
 from jaxgen.nn.kernels import dispatch
 from jaxgen.train import mesh as mesh_lib
 from jaxgen.train.checkpoint import Checkpointer
 from jaxgen.train.evaluate import evaluate, write_samples  # noqa: F401  (re-exported)
 from jaxgen.train.logging import MetricWriter
+from jaxgen.train.state import format_count, param_count
 from jaxgen.train.workdir import RunLock, write_json
 
 log = logging.getLogger("jaxgen")
@@ -158,6 +159,21 @@ def build(config: Experiment, devices: Optional[list] = None,
     return Run(config, mesh, datasets, family, abstract, state_sh, batch_sh, train_step, eval_step)
 
 
+def shape_param_count(config: Experiment, family: Family | FamilyFactory) -> int:
+    """The parameter count of ``config``'s model from shapes alone: no data (the shapes come
+    from :mod:`jaxgen.data.abstract`), no computation, one device. UsageError where the data's
+    shape is only known from the data (e.g. a character vocabulary of a local text file)."""
+    from jaxgen.data.abstract import abstract_datasets
+
+    datasets = abstract_datasets(config)
+    fam = _as_family(family, config, datasets.info)
+    batch = {k: v for k, v in next(iter(datasets.make_eval())).items() if k != "mask"}
+    mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(data=1), jax.devices()[:1])
+    with jax.set_mesh(mesh), dispatch.silent():
+        abstract = jax.eval_shape(fam.init_state, ABSTRACT_KEY, batch)
+    return param_count(abstract.params)
+
+
 def init_state(run: Run, sample_batch: dict) -> Any:
     """Fresh step-0 state, created directly with its shardings (never whole on one device)."""
     sample_batch = {k: v for k, v in sample_batch.items() if k != "mask"}
@@ -205,6 +221,15 @@ def workdir_paths(config: Experiment, workdir: str) -> Experiment:
         return dataclasses.replace(config, data=dataclasses.replace(config.data,
                                                                     tokenizer_path=path))
     return config
+
+
+def finished_step(workdir: str, config: Experiment) -> Optional[int]:
+    """The newest checkpoint step of ``workdir`` when it already reaches ``train.steps`` (a
+    run there would train nothing), else None. Reads the directory listing only."""
+    directory = os.path.join(workdir, "checkpoints")
+    steps = [int(d) for d in os.listdir(directory) if d.isdigit()] \
+        if os.path.isdir(directory) else []
+    return max(steps) if steps and max(steps) >= int(config.train.steps) else None
 
 
 def restore_latest(run: Run, workdir: str, data_iterator: Any = None) -> tuple[int, Any]:
@@ -287,6 +312,12 @@ def _log_step(writer, bar, step, metrics, t_last, step_last, batch_size, extra):
     return now, step
 
 
+def _extra(run: Run, step: int, skipped: int) -> dict[str, float]:
+    """What the loop logs beside a step's own metrics: the non-finite steps skipped so far and
+    the learning rates the family's schedules gave step ``step`` (its update ``step - 1``)."""
+    return {"skipped_steps": skipped, **run.family.learning_rates(step - 1)}
+
+
 def _nonfinite(metrics: dict) -> bool:
     """Whether a step reported a non-finite loss or gradient (steps without the metric: no)."""
     return "nonfinite" in metrics and float(np.asarray(jax.device_get(metrics["nonfinite"]))) > 0
@@ -352,6 +383,8 @@ def _train_locked(config, workdir, family, devices, datasets, interrupt_at, prog
     run = build(workdir_paths(config, workdir), devices, datasets, family=family)
     train_iter = run.datasets.train
     cfg_dict = config_to_dict(config)
+    log.info("%s parameters (%s)", f"{param_count(run.abstract_state.params):,}",
+             format_count(param_count(run.abstract_state.params)))
 
     # --- state: resume from the newest readable checkpoint, or start fresh. Nothing in the
     # workdir changes until this has succeeded.
@@ -416,7 +449,7 @@ def _train_locked(config, workdir, family, devices, datasets, interrupt_at, prog
                         if p_log:
                             t_last, step_last = _log_step(writer, bar, p_step, p_metrics, t_last,
                                                           step_last, batch_size,
-                                                          {"skipped_steps": skipped})
+                                                          _extra(run, p_step, skipped))
                     pending = (step, metrics, step % int(tc.log_every) == 0 or step == total)
                     if tc.eval_every and step % int(tc.eval_every) == 0 and step != total:
                         _periodic_eval(run, writer, state, step)
@@ -445,7 +478,7 @@ def _train_locked(config, workdir, family, devices, datasets, interrupt_at, prog
                                             f"finite; its update was skipped and step {step} saved")
                 if p_log:
                     _log_step(writer, bar, p_step, p_metrics, t_last, step_last, batch_size,
-                              {"skipped_steps": skipped})
+                              _extra(run, p_step, skipped))
             ckpt.wait()  # the last step is on disk before signals stop being deferred
 
         # --- end of training: evaluation and samples (the last step is saved)

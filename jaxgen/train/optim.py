@@ -84,6 +84,18 @@ def make_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
     raise ValueError(f"unknown learning-rate schedule {cfg.schedule!r} (use 'cosine' or 'constant')")
 
 
+def learning_rates(cfg: OptimConfig, total_steps: int, updates: int, prefix: str = "lr"
+                   ) -> dict[str, float]:
+    """The scheduled learning rates after ``updates`` optimizer updates of a run of
+    ``total_steps``, as the metrics log them: ``{prefix: rate}``, and for Muon also the rate
+    of its AdamW part (``adam_<prefix>``). Host-side (the schedules are plain functions)."""
+    rates = {prefix: float(make_schedule(cfg, total_steps)(updates))}
+    if cfg.name == "muon":
+        adam = dataclasses.replace(cfg, lr=cfg.adam_lr)
+        rates[f"adam_{prefix}"] = float(make_schedule(adam, total_steps)(updates))
+    return rates
+
+
 def _decay_mask(params: Any) -> Any:
     """Weight decay on matrices and kernels only, not on biases, norms' scales or scalars."""
     return jax.tree.map(lambda p: getattr(p, "ndim", 0) >= 2, params)

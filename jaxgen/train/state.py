@@ -1,8 +1,10 @@
 """The training state every family shares: a plain pytree, safe to jit, shard and checkpoint."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -32,6 +34,20 @@ class TrainState:
     def step_rng(self) -> jax.Array:
         """The PRNG key of the current step: ``fold_in(rng, step)``."""
         return jax.random.fold_in(self.rng, self.step)
+
+
+def param_count(params: Any) -> int:
+    """Number of parameters (scalars) of a parameter tree: arrays, ShapeDtypeStructs or Flax
+    boxed (logically partitioned) leaves."""
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(nn.meta.unbox(params)))
+
+
+def format_count(n: int) -> str:
+    """``1235814400`` -> ``"1.24B"``, ``7635149`` -> ``"7.64M"``, ``912`` -> ``"912"``."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)
 
 
 def create_state(params: Any, tx, rng: jax.Array, *, ema: bool = False, extra: Any = None) -> TrainState:

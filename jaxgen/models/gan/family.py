@@ -22,18 +22,25 @@ from jaxgen.errors import UsageError
 from jaxgen.models.base import Family, check_label, image_data, sample_labels
 from jaxgen.models.gan.settings import GANExperiment, GANSample
 from jaxgen.models.gan.step import GANModel, GANStep
-from jaxgen.train.optim import make_optimizer
+from jaxgen.train.optim import learning_rates, make_optimizer
 from jaxgen.train.state import TrainState
 from jaxgen.train.step import EMAConfig
+
+
+def _disc_optim(config: GANExperiment) -> Any:
+    """The discriminator's optimizer settings: ``config.optim`` with ``optim.disc_lr`` (0:
+    ``optim.lr``)."""
+    o = config.optim
+    return dataclasses.replace(o, lr=o.disc_lr or o.lr)
 
 
 def make_optimizers(config: GANExperiment) -> tuple[Any, Any]:
     """(generator tx, discriminator tx) from ``config.optim``: the same settings but the
     learning rate (``optim.disc_lr``, 0: ``optim.lr``); a cosine schedule spans
     ``train.steps`` generator updates and ``train.steps * gan.n_disc`` discriminator updates."""
-    steps, o = config.train.steps, config.optim
-    disc = dataclasses.replace(o, lr=o.disc_lr or o.lr)
-    return make_optimizer(o, steps), make_optimizer(disc, steps * config.gan.n_disc)
+    steps = config.train.steps
+    return (make_optimizer(config.optim, steps),
+            make_optimizer(_disc_optim(config), steps * config.gan.n_disc))
 
 
 class GANFamily(Family):
@@ -95,6 +102,14 @@ class GANFamily(Family):
 
     def ema_of(self, params: Any) -> Any:
         return params["gen"]
+
+    def learning_rates(self, step: int) -> dict[str, float]:
+        """``lr_gen`` and ``lr_disc`` at train step ``step`` (the discriminator has made
+        ``step * gan.n_disc`` updates by then)."""
+        steps, n_disc = self.config.train.steps, self.config.gan.n_disc
+        return {**learning_rates(self.config.optim, steps, step, "lr_gen"),
+                **learning_rates(_disc_optim(self.config), steps * n_disc, step * n_disc,
+                                 "lr_disc")}
 
     def sample_options(self, **overrides: Any) -> GANSample:
         if "weights" not in overrides and self.ema is None and self.config.sample.weights == "ema":

@@ -160,7 +160,9 @@ class LMFamily(LossFamily):
             texts.append(self.decode(row[:p] + gen))
         return texts
 
-    def save_samples(self, samples: Any, path: str) -> list[str]:
+    def save_samples(self, samples: Any, path: str, scale: int = 1) -> list[str]:
+        if scale != 1:
+            raise UsageError("--scale enlarges image grids; language-model samples are text")
         if path.endswith(".npz"):
             return super().save_samples(samples, path)
         write_atomic(path, "\n\n==========\n\n".join(self.texts(samples)) + "\n")

@@ -230,8 +230,3 @@ def make_cache(config: LMConfig, batch: int, length: int) -> Any:
         return jax.tree.map(lambda a: constrain(jnp.zeros((config.num_layers,) + a.shape, a.dtype),
                                                 ("layers",) + CACHE), one)
     return tuple(jax.tree.map(jnp.copy, one) for _ in range(config.num_layers))
-
-
-def num_params(params: Any) -> int:
-    """Total number of parameters of a (possibly boxed) parameter tree."""
-    return sum(int(x.size) for x in jax.tree.leaves(nn.meta.unbox(params)))
