@@ -1,10 +1,27 @@
-"""Test set-up: 8 simulated CPU devices (set before JAX initialises its backends)."""
+"""Test set-up: 8 simulated CPU devices (set before JAX initialises its backends), and one
+persistent XLA compilation cache for the session's processes.
+
+The cache: many tests compile the same programs (the smoke recipes are trained by several
+tests, in-process and through the CLI in subprocesses, which inherit these variables). JAX keys
+each entry by the program, its devices and the compiler's flags, so a hit is the program a
+fresh compile would build; only the compile time changes. With a size limit JAX guards the
+cache with a file lock, so the two pytest-xdist workers and their subprocesses never read an
+entry another is still writing. ``JAXGEN_TEST_NO_CACHE=1`` turns it off.
+"""
+import getpass
 import os
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:
     os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
+
+if not os.environ.get("JAXGEN_TEST_NO_CACHE"):
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+        tempfile.gettempdir(), f"jaxgen-tests-xla-cache-{getpass.getuser()}"))
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 << 30))  # 8 GiB: enables the lock
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 from jaxgen.train.host import reserve_pool_threads  # noqa: E402  (imports no JAX backend)
 

@@ -39,15 +39,33 @@ def _check_outputs(out_dir, names):
     return record, md
 
 
-@pytest.mark.slow
-def test_attention_quick_writes_json_markdown_and_png(tmp_path):
-    out = tmp_path / "att"
-    proc = _run("attention", "--quick", "--out", str(out))
+@pytest.mark.slow  # every benchmark's quick run in one process: about 4 minutes of CPU
+def test_all_quick_runs_every_benchmark_and_writes_each_section(tmp_path):
+    """``all --quick``: each benchmark runs (or says why not) and its section has the rows,
+    columns and ratios a reader needs. Timings are never asserted, only the record's shape."""
+    out = tmp_path / "all"
+    proc = _run("all", "--quick", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    record, md = _check_outputs(out, ["attention"])
-    assert "python -m benchmarks attention --quick --out" in record["command"]
-    section = record["benchmarks"][0]
-    assert section["status"] == "ok"
+    record, md = _check_outputs(out, ["attention", "denoise", "train"])
+    assert "python -m benchmarks all --quick --out" in record["command"]
+    assert "attention" in proc.stdout and "wrote png" in proc.stdout
+    sections = {s["name"]: s for s in record["benchmarks"]}
+    for section in sections.values():
+        assert section["status"] in ("ok", "skipped")
+        if section["status"] == "skipped":
+            assert section["reason"] and "\n" not in section["reason"]
+            assert f"skipped: {section['reason']}" in md
+    _check_attention(sections["attention"])
+    _check_denoise(sections["denoise"], record)
+    _check_train(sections["train"], record)
+
+
+def _section_table(section):
+    return [ln for ln in report.section_markdown(section) if ln.startswith("| ")]
+
+
+def _check_attention(section):
+    assert section["status"] == "ok", section["reason"]
     rows = section["rows"]
     kernels = {r["kernel"] for r in rows}
     assert {"reference", "xla", "chunked", "cudnn", "pallas", "torch_sdpa"} <= kernels
@@ -57,24 +75,40 @@ def test_attention_quick_writes_json_markdown_and_png(tmp_path):
         assert r["gflops"] > 0 and r["max_err"] < 0.1 and r["pass"] in ("fwd", "fwd_bwd")
     assert all("skipped" in r for r in rows if r["kernel"] == "cudnn")  # no GPU here
     assert any(r["kernel"] == "chunked" and r.get("mem_mib") for r in timed)
-    table = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    table = _section_table(section)
     assert "torch/jaxgen time (>1: jaxgen faster)" in table[0]
-    assert len(table) == 1 + len(rows)
-    assert "| chunked | 2 | 2 | 128 | 64 | yes | float32 | fwd |" in md
-    assert "attention" in proc.stdout and "wrote png" in proc.stdout
+    assert len(table) == 1 + len(rows)  # the header, then one line per row
+    assert any(ln.startswith("| chunked | 2 | 2 | 128 | 64 | yes | float32 | fwd |")
+               for ln in table)
 
 
-@pytest.mark.slow
-def test_all_quick_runs_every_benchmark_or_says_why_not(tmp_path):
-    out = tmp_path / "all"
-    proc = _run("all", "--quick", "--kernels", "xla", "--out", str(out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    record, md = _check_outputs(out, ["attention", "denoise", "train"])
-    for section in record["benchmarks"]:
-        assert section["status"] in ("ok", "skipped")
-        if section["status"] == "skipped":
-            assert section["reason"] and "\n" not in section["reason"]
-            assert f"skipped: {section['reason']}" in md
+def _check_denoise(section, record):
+    """The tiny UNet, 2 steps, batch 2: every sampler against diffusers, forward rows, the
+    Python-loop comparison."""
+    assert section["status"] == "ok", section["reason"]
+    rows = _timed_rows(section, "median_ms")
+    samplers = {r["sampler"] for r in rows if r["kind"] == "sample" and r["impl"] == "jaxgen"}
+    assert samplers == {"ddpm", "ddim", "dpmpp_2m", "euler", "heun"}
+    assert any(r["kind"] == "forward" and r["gflops"] > 0 for r in rows)
+    assert any(r["kind"] == "python_loop" and r["vs_scan"] > 0 for r in rows)
+    heun = [r for r in rows if r["kind"] == "sample" and r["sampler"] == "heun"]
+    assert {r["evals"] for r in heun} == {3}  # 2 steps - 1 corrections, as diffusers counts
+    if record["versions"]["diffusers"]:
+        assert all(r.get("vs_peer", 0) > 0 for r in rows if r["impl"] == "jaxgen")
+    assert section["meta"]["peak_matmul_gflops"] > 0 and len(section["meta"]["loadavg_start"]) == 3
+    assert "diffusers/jaxgen time (>1: jaxgen faster)" in _section_table(section)[0]
+
+
+def _check_train(section, record):
+    """Smoke recipes of every family, 3 timed steps; the LM beside nanoGPT's torch step."""
+    assert section["status"] == "ok", section["reason"]
+    by = {r["family"]: r for r in section["rows"] if r["impl"] == "jaxgen"}
+    assert set(by) == {"vae", "gan", "diffusion", "lm"}
+    for r in by.values():
+        assert "skipped" in r or (r["step_ms"] > 0 and r["mfu"] > 0 and r["throughput"] > 0), r
+    if record["versions"]["torch"] and "skipped" not in by["lm"]:
+        assert by["lm"]["vs_nanogpt"] > 0 and by["lm"]["data"] in ("text_file", "stdlib")
+    assert "jaxgen/nanoGPT step time (<1: jaxgen faster)" in _section_table(section)[0]
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -248,46 +282,6 @@ def _timed_rows(section, key):
     for r in rows:
         assert r[key] > 0 and r["spread"] >= 0
     return rows
-
-
-def test_denoise_quick_writes_json_markdown_and_png(tmp_path):
-    """The tiny UNet, 2 steps, batch 2: every sampler against diffusers, forward rows, the
-    Python-loop comparison; no timing is asserted, only the shape of the record."""
-    out = tmp_path / "den"
-    proc = _run("denoise", "--quick", "--out", str(out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    record, md = _check_outputs(out, ["denoise"])
-    section = record["benchmarks"][0]
-    assert section["status"] == "ok", section["reason"]
-    rows = _timed_rows(section, "median_ms")
-    samplers = {r["sampler"] for r in rows if r["kind"] == "sample" and r["impl"] == "jaxgen"}
-    assert samplers == {"ddpm", "ddim", "dpmpp_2m", "euler", "heun"}
-    assert any(r["kind"] == "forward" and r["gflops"] > 0 for r in rows)
-    assert any(r["kind"] == "python_loop" and r["vs_scan"] > 0 for r in rows)
-    heun = [r for r in rows if r["kind"] == "sample" and r["sampler"] == "heun"]
-    assert {r["evals"] for r in heun} == {3}  # 2 steps - 1 corrections, as diffusers counts
-    if record["versions"]["diffusers"]:
-        assert all(r.get("vs_peer", 0) > 0 for r in rows if r["impl"] == "jaxgen")
-    assert section["meta"]["peak_matmul_gflops"] > 0 and len(section["meta"]["loadavg_start"]) == 3
-    assert "diffusers/jaxgen time (>1: jaxgen faster)" in md
-
-
-@pytest.mark.slow  # four recipes' compiles: about 90 s of CPU, over the default run's budget
-def test_train_quick_writes_json_markdown_and_png(tmp_path):
-    """Smoke recipes of every family, 3 timed steps; the LM beside nanoGPT's torch step."""
-    out = tmp_path / "train"
-    proc = _run("train", "--quick", "--out", str(out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    record, md = _check_outputs(out, ["train"])
-    section = record["benchmarks"][0]
-    assert section["status"] == "ok", section["reason"]
-    by = {r["family"]: r for r in section["rows"] if r["impl"] == "jaxgen"}
-    assert set(by) == {"vae", "gan", "diffusion", "lm"}
-    for r in by.values():
-        assert "skipped" in r or (r["step_ms"] > 0 and r["mfu"] > 0 and r["throughput"] > 0), r
-    if record["versions"]["torch"] and "skipped" not in by["lm"]:
-        assert by["lm"]["vs_nanogpt"] > 0 and by["lm"]["data"] in ("text_file", "stdlib")
-    assert "jaxgen/nanoGPT step time (<1: jaxgen faster)" in md
 
 
 def test_unet_short_attention_path_equals_the_xla_kernel():

@@ -97,8 +97,8 @@ def test_bad_config_is_a_usage_error(overrides, match):
 
 def test_cifar10_recipe_compiles_one_step_at_tiny_size_on_mock_data():
     c = _config("diffusion_cifar10", "mesh.data=1", "data.batch_size=4", "data.eval_batch_size=4",
-                "model.block_channels=(8,16,16,16)", "model.layers_per_block=1",
-                "model.norm_groups=4", "model.dtype=float32")
+                "model.block_channels=(8,16)", "model.attention_levels=(False,True)",
+                "model.layers_per_block=1", "model.norm_groups=4", "model.dtype=float32")
     with tfds.testing.mock_data(num_examples=8):
         run, (state, m) = _one_step(c, jax.devices()[:1])
     assert run.datasets.info["shape"] == (32, 32, 3)

@@ -35,6 +35,15 @@ def test_vae_smoke_train_eval_sample_via_cli(tmp_path):
     assert json.load(open(os.path.join(w, "eval.json")))["step"] == 30
     r = _jaxgen("sample", "--workdir", w, "--num", "9", "--out", str(tmp_path / "s.png"))
     assert r.returncode == 0 and os.path.getsize(tmp_path / "s.png") > 100
+    # samples as .npz go straight to the offline evaluator (issue 23 item 8)
+    r = _jaxgen("sample", "--workdir", w, "--num", "20", "--out", str(tmp_path / "s.npz"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    images = np.load(tmp_path / "s.npz")["images"]
+    assert images.shape == (20, 28, 28, 1) and 0 <= images.min() and images.max() <= 1
+    r = _jaxgen("eval", "--samples", str(tmp_path / "s.npz"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    scored = json.loads(r.stdout)
+    assert scored["num_samples"] == 20 and scored["fd_lenet"] > 0
 
 
 @pytest.mark.parametrize("args, message", [
