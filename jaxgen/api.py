@@ -33,7 +33,7 @@ class Run:
     step: int
     state: Any
     built: Any  # jaxgen.train.loop.Run: config, mesh, data, family, compiled steps
-    missing_data: str = ""  # the data file that was not found (then built without data)
+    missing_data: str = ""  # why the run was built without its data ("": it has its data)
 
     @property
     def has_data(self) -> bool:
@@ -99,8 +99,8 @@ class Run:
         """The metrics ``jaxgen eval`` reports: the family's data metrics, its final evaluation
         (IWAE, bits/dim) and, for image families with a reference set, sample metrics."""
         if not self.has_data:
-            raise UsageError(f"evaluating {self.workdir} needs its data, which was not found "
-                             f"({self.missing_data}); sampling needs none")
+            raise UsageError(f"evaluating {self.workdir} needs its data ({self.missing_data}); "
+                             "sampling needs none")
         return full_evaluation(self.built, self.state, self.step, samples=samples,
                                figures_prefix=figures_prefix)
 
@@ -181,7 +181,8 @@ def load(workdir: str, overrides: Sequence[str] = (), *, need_data: Optional[boo
     datasets = None if need_data else loop.datasets_for_sampling(workdir, config)
     built = loop.build(config, family=models.make_family, datasets=datasets)
     step, state = loop.restore_latest(built, workdir)
-    return Run(workdir, int(step), state, built, "" if need_data else missing or "not asked for")
+    without = f"{missing} was not found" if missing else "loaded with need_data=False"
+    return Run(workdir, int(step), state, built, "" if need_data else without)
 
 
 def missing_data_file(config: Any) -> str:

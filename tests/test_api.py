@@ -149,7 +149,7 @@ def test_lm_workdir_is_self_contained_logs_lr_and_params_and_decodes_from_python
     (data / "corpus.txt").unlink()
     run = jaxgen.load(moved)  # from the tests' directory, without the training text
     assert run.num_params == logged and not run.has_data
-    with pytest.raises(UsageError, match="needs its data.*data.path="):
+    with pytest.raises(UsageError, match="needs its data \\(data.path=.* was not found\\)"):
         run.evaluate()
     tokens = run.sample(2, seed=1, max_new_tokens=5, temperature=0.5)
     prompt = run.encode(run.config.sample.prompt)

@@ -383,8 +383,8 @@ def _train_locked(config, workdir, family, devices, datasets, interrupt_at, prog
     run = build(workdir_paths(config, workdir), devices, datasets, family=family)
     train_iter = run.datasets.train
     cfg_dict = config_to_dict(config)
-    log.info("%s parameters (%s)", f"{param_count(run.abstract_state.params):,}",
-             format_count(param_count(run.abstract_state.params)))
+    n_params = param_count(run.abstract_state.params)
+    log.info("%s parameters (%s)", f"{n_params:,}", format_count(n_params))
 
     # --- state: resume from the newest readable checkpoint, or start fresh. Nothing in the
     # workdir changes until this has succeeded.
