@@ -1,4 +1,6 @@
 """The composable step pieces: EMA (with warm-up), the guarded Optax update, finiteness."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +9,7 @@ import pytest
 
 from jaxgen.config import TrainConfig
 from jaxgen.errors import UsageError
-from jaxgen.train.step import EMAConfig, all_finite, apply_gradients, ema_update
+from jaxgen.train.step import EMAConfig, all_finite, apply_gradients, ema_update, global_norm
 
 
 def test_ema_update_matches_closed_form():
@@ -49,3 +51,34 @@ def test_apply_gradients_skips_when_not_ok():
     assert int(s[0].count) == 1
     assert bool(all_finite({"i": jnp.array([1, 2])}, jnp.array(1.0)))
     assert not bool(jax.jit(all_finite)(jnp.array([jnp.inf])))
+
+
+def test_global_norm_and_finiteness_in_float16():
+    """The norm sums squares in float32: a float16 tree of norm 300 (its squares overflow
+    float16) is finite and its norm exact; NaN, -Inf and Inf in any leaf are caught."""
+    tree = {"a": jnp.full((9,), 100.0, jnp.float16), "b": jnp.array([0.0], jnp.float16),
+            "i": jnp.array([7])}
+    assert global_norm(tree).dtype == jnp.float32
+    np.testing.assert_allclose(float(global_norm(tree)), 300.0, rtol=1e-6)
+    assert bool(all_finite(tree))
+    for bad in (jnp.nan, jnp.inf, -jnp.inf):
+        t = {**tree, "b": jnp.array([bad], jnp.float16)}
+        assert not bool(jax.jit(all_finite)(t)), bad
+    assert bool(all_finite({}, {"i": jnp.array([1])}))
+
+
+def test_guarded_update_compiles_linearly_in_leaves():
+    """The finiteness guard is computed once, not copied into every guarded update: with 96
+    leaves the compiled step holds far fewer than leaves x leaves scalar ops (the per-leaf
+    all(isfinite) it replaces compiled into ~2 x 96 x 96 of them)."""
+    n = 96
+    params = {f"w{i}": jnp.ones((3,)) for i in range(n)}
+    tx = optax.adam(0.1)
+
+    def step(params, opt_state):
+        grads = jax.tree.map(lambda p: p * 2.0, params)
+        return apply_gradients(tx, params, opt_state, grads, all_finite(grads))
+
+    text = jax.jit(step).lower(params, tx.init(params)).compile().as_text()
+    ops = len(re.findall(r"= \S+ (?:and|add|or)\(", text))
+    assert ops < 10 * n, ops

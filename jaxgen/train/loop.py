@@ -175,11 +175,20 @@ def shape_param_count(config: Experiment, family: Family | FamilyFactory) -> int
 
 
 def init_state(run: Run, sample_batch: dict) -> Any:
-    """Fresh step-0 state, created directly with its shardings (never whole on one device)."""
+    """Fresh step-0 state, created directly with its shardings (never whole on one device).
+
+    On CPU devices the initialiser is compiled with XLA's backend optimisation off: it runs
+    once, and LLVM's optimisation of its per-leaf random draws was most of its cost (12.2 s of
+    compilation instead of 3.3 s for the diffusion smoke model, 2 cores). Accelerators compile
+    it as any other program.
+    """
     sample_batch = {k: v for k, v in sample_batch.items() if k != "mask"}
     init = jax.jit(run.family.init_state, out_shardings=run.state_sharding)
+    cpu = run.mesh.devices.flat[0].platform == "cpu"
+    options = {"xla_backend_optimization_level": 0} if cpu else None
     with run.active():
-        return init(jax.random.PRNGKey(run.config.seed), sample_batch)
+        rng = jax.random.PRNGKey(run.config.seed)
+        return init.lower(rng, sample_batch).compile(compiler_options=options)(rng, sample_batch)
 
 
 # ----------------------------------------------------------------------------- workdir

@@ -10,7 +10,7 @@ The pieces, each usable alone (the GAN's two-player step composes them):
   :func:`loss_and_grads`   mean loss, metrics and gradients, accumulated over micro-batches;
   :func:`apply_gradients`  one Optax update of a parameter tree, guarded against non-finite values;
   :class:`EMAConfig`, :func:`ema_update`   an EMA of a chosen subtree with a warm-up schedule;
-  :func:`all_finite`       whether a pytree holds only finite numbers.
+  :func:`global_norm`, :func:`all_finite`   a pytree's norm, and whether it is finite.
 :func:`make_train_step` is the single-loss step every likelihood family uses.
 """
 from __future__ import annotations
@@ -68,13 +68,29 @@ def loss_and_grads(loss_fn: LossFn, params: Any, batch: Batch, rng: jax.Array, s
     return loss, metrics, grads
 
 
+def global_norm(tree: Any) -> jax.Array:
+    """float32 scalar: the L2 norm of every floating-point leaf of ``tree`` together, with the
+    squares summed in float32 (a float16 tree's norm overflows float16 at 256)."""
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    return jnp.sqrt(sum((jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves),
+                        jnp.zeros((), jnp.float32)))
+
+
 def all_finite(*trees: Any) -> jax.Array:
-    """bool scalar: every floating-point leaf of every tree is finite (no NaN, no Inf)."""
-    leaves = [x for t in trees for x in jax.tree.leaves(t)
-              if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
-    if not leaves:
-        return jnp.asarray(True)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+    """bool scalar: every floating-point leaf of every tree is finite (no NaN, no Inf).
+
+    Tested as a finite :func:`global_norm` per tree (a NaN or Inf anywhere makes the sum of
+    squares NaN or Inf): the same expression as the steps' ``grad_norm`` metric, so the compiler
+    computes it once. A per-leaf ``all(isfinite)`` combined over the leaves (or a max of
+    ``abs``) compiled into leaves x leaves scalar ops: XLA copied the 134-leaf reduction into
+    each of the ~400 guarded parameter and optimizer-state updates of the diffusion smoke step
+    (50,000 extra ops, 23 s of compilation instead of 12). A finite tree whose norm overflows
+    float32 (above ~1.8e19) also counts as non-finite: no optimizer step could use it.
+    """
+    ok = jnp.asarray(True)
+    for t in trees:
+        ok = ok & jnp.isfinite(global_norm(t))
+    return ok
 
 
 def select_tree(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
@@ -157,7 +173,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, grad_a
             ema_params = ema_update(ema_params, ema_of(params), ema.decay_at(state.step))
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                                   ema_params=ema_params)
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
+        metrics = {**metrics, "loss": loss, "grad_norm": global_norm(grads),
                    "nonfinite": 1.0 - ok.astype(jnp.float32)}
         return new_state, metrics
 

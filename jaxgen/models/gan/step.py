@@ -42,6 +42,7 @@ from jaxgen.train.state import TrainState
 from jaxgen.train.step import (
     EMAConfig,
     all_finite,
+    global_norm,
     apply_gradients,
     ema_update,
     loss_and_grads,
@@ -204,7 +205,7 @@ class GANStep:
             d_params, opt = apply_gradients(self.tx_disc, d_params, opt, grads, ok)
             if sn is not None:
                 sn_new = select_tree(ok, sn_new, sn)
-            metrics = {**metrics, "d_grad_norm": optax.tree.norm(grads),
+            metrics = {**metrics, "d_grad_norm": global_norm(grads),
                        "nonfinite": 1.0 - ok.astype(jnp.float32)}
             return (d_params, opt, sn_new), metrics
 
@@ -245,7 +246,7 @@ class GANStep:
             ema_params = ema_update(ema_params, g_params, self.ema.decay_at(state.step))
         new = state.replace(params={**state.params, "gen": g_params},
                             opt_state={**state.opt_state, "gen": opt}, ema_params=ema_params)
-        metrics = {**metrics, "g_grad_norm": optax.tree.norm(grads),
+        metrics = {**metrics, "g_grad_norm": global_norm(grads),
                    "nonfinite": 1.0 - ok.astype(jnp.float32)}
         return new, metrics
 
