@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import PartitionSpec as P
 
 from jaxgen import cli, experiments, models
 from jaxgen.train import loop
@@ -148,6 +147,34 @@ def test_fsdp_lm_step_gathers_each_layer_kernel_and_reduce_scatters_its_gradient
     assert c["reduce-scatter"]["count_per_step"] >= L
     params = r["parameters"]
     assert 2 * params * 0.5 <= synced <= 4 * params * 2
+
+
+@needs_libtpu
+@pytest.mark.parametrize("gather", [True, False])
+def test_fsdp_decoding_gathers_the_weights_once_not_per_token(gather):
+    """With sample.gather_fsdp (the default) every all-gather of the FSDP-sharded sampler is in
+    the entry computation, before the decoding loop; without it the same weights are gathered
+    inside the loop, once per token (and per scanned layer)."""
+    from jaxgen.aot.hlo import _entry_name, find_collectives
+
+    r = _compile("lm_llama:smoke", LLAMA_TINY + ["mesh.data=1", "mesh.fsdp=4", "mesh.tensor=1",
+                                                "sample.max_new_tokens=8",
+                                                f"sample.gather_fsdp={str(gather).lower()}"],
+                 programs=("sample",), keep_hlo=True)
+    text = r["programs"]["sample"]["hlo_text"]
+    ops, unknown = find_collectives(text)
+    assert unknown == 0
+    entry = _entry_name(text)
+    gathers = [op for op in ops if op.kind == "all-gather"]
+    in_loops = [op for op in gathers if op.computation != entry]
+    layer_kernels_bf16 = 2 * L * sum(LAYER_KERNELS.values())  # whole, in the compute dtype
+    if gather:
+        assert not in_loops, [(o.name, o.computation) for o in in_loops]
+        # once: every layer kernel and the embedding (XLA gathers them after the bf16 cast)
+        assert sum(op.bytes for op in gathers) == layer_kernels_bf16 + 2 * VOCAB * D
+    else:
+        # every layer kernel for each of the 8 new tokens
+        assert sum(op.bytes * op.times for op in in_loops) >= 8 * layer_kernels_bf16
 
 
 # ---------------------------------------------------------------- jaxgen compile's bad input
@@ -307,3 +334,20 @@ def test_float16_training_is_refused_in_one_line(capsys, tmp_path):
                      "--set", "model.dtype=float16"])
     err = [x for x in capsys.readouterr().err.splitlines() if "error" in x]
     assert code == 2 and len(err) == 1 and "float16" in err[0] and "bfloat16" in err[0]
+
+
+def test_fsdp_samples_with_gathered_weights_equal_the_one_device_samples(lm_one_device):
+    """The FSDP sampler's gather-once (sample.gather_fsdp) runs on 4 CPU devices and changes
+    nothing: greedy tokens equal the 1-device run's, with and without it."""
+    run1, batch, _, _ = lm_one_device
+    state1 = loop.init_state(run1, batch)
+    key = jax.random.PRNGKey(5)
+    opts = dict(greedy=True, max_new_tokens=6)
+    ref = np.asarray(run1.draw(state1, key, 4, run1.family.sample_options(**opts)))
+    config = _lm_config("mesh.data=1", "mesh.fsdp=4")
+    run = loop.build(config, jax.devices()[:4], family=models.make_family)
+    state = loop.init_state(run, batch)
+    assert any("fsdp" in str(s.spec) for s in jax.tree.leaves(run.state_sharding.params))
+    for gather in (True, False):
+        out = run.draw(state, key, 4, run.family.sample_options(gather_fsdp=gather, **opts))
+        np.testing.assert_array_equal(np.asarray(out), ref)

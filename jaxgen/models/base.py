@@ -156,16 +156,17 @@ class Family:
         except NotImplementedError:
             return None
 
-    def param_specs(self, abstract_params: Any, mesh: jax.sharding.Mesh) -> Optional[Any]:
-        """PartitionSpecs of the (unboxed) parameters from their logical axes, or None when the
-        family gives no :meth:`init_params` (the trainer then falls back to a size rule)."""
+    def param_specs(self, abstract_params: Any, mesh: Any, rules: Any = None) -> Optional[Any]:
+        """PartitionSpecs of the (unboxed) parameters from their logical axes (under ``rules``,
+        default :data:`jaxgen.nn.partitioning.RULES`), on a mesh or an abstract mesh; None when
+        the family gives no :meth:`init_params` (the trainer then falls back to a size rule)."""
         from jaxgen.nn import partitioning
 
         try:
             boxed = jax.eval_shape(self.init_params, ABSTRACT_KEY)
         except NotImplementedError:
             return None
-        return partitioning.mesh_specs(boxed, mesh)
+        return partitioning.mesh_specs(boxed, mesh, partitioning.RULES if rules is None else rules)
 
 
 class LossFamily(Family):

@@ -20,7 +20,6 @@ statistics, the final layer and the output are float32.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import flax.linen as nn
 import jax

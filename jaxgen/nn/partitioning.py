@@ -78,6 +78,18 @@ def mesh_specs(boxed_params: Any, mesh: jax.sharding.Mesh,
                         specs, shapes, is_leaf=lambda x: isinstance(x, P) or x is None)
 
 
+def rules_without(axis: str, rules: Sequence[tuple[str, Any]] = RULES
+                  ) -> tuple[tuple[str, Any], ...]:
+    """``rules`` with mesh axis ``axis`` taken out of every target (so what it sharded is
+    replicated over it), e.g. the parameter layout of decoding without FSDP."""
+    def drop(target: Any) -> Any:
+        if target is None or isinstance(target, str):
+            return None if target == axis else target
+        kept = tuple(a for a in target if a != axis)
+        return kept[0] if len(kept) == 1 else (kept or None)
+    return tuple((name, drop(target)) for name, target in rules)
+
+
 def logical_spec(axes: Sequence[Optional[str]], rules: Sequence[tuple[str, Any]] = RULES) -> P:
     """The mesh PartitionSpec of logical ``axes`` under ``rules`` (unknown names: None)."""
     table = dict(rules)

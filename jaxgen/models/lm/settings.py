@@ -21,6 +21,10 @@ class LMSample:
       top_p: nucleus sampling (Holtzman et al. 2020): keep the smallest set of tokens whose
         probability reaches p (1: all).
       stop_token: a sequence ends after emitting this token ("": none; must be one token).
+      gather_fsdp: on a mesh with ``mesh.fsdp`` > 1, gather the parameters over that axis once,
+        before the first token (each chip then holds its tensor-parallel share of the whole
+        model), instead of re-gathering every weight for every token. False keeps them sharded,
+        for a model whose gathered share does not fit a chip.
     """
 
     prompt: str = "\n"
@@ -30,6 +34,7 @@ class LMSample:
     top_k: int = 0
     top_p: float = 1.0
     stop_token: str = ""
+    gather_fsdp: bool = True
 
     def __post_init__(self):
         if self.max_new_tokens < 0 or self.top_k < 0 or self.temperature < 0:

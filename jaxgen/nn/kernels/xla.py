@@ -51,7 +51,7 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: b
             raise ValueError(reason)
     check_qkv(q, k, v)
     b, t_q, n, h = q.shape
-    t_k, kv_heads = k.shape[1], k.shape[2]
+    t_k = k.shape[1]
     m4 = None if mask is None else mask_4d(mask, b, n, t_q, t_k)
     if m4 is not None:
         m4 = jnp.broadcast_to(m4, m4.shape[:2] + (t_q, t_k))
