@@ -152,7 +152,7 @@ class Family:
         import flax.linen as nn
 
         try:
-            return nn.get_partition_spec(jax.eval_shape(self.init_params, ABSTRACT_KEY))
+            return nn.get_partition_spec(_abstract_init(self))
         except NotImplementedError:
             return None
 
@@ -163,7 +163,7 @@ class Family:
         from jaxgen.nn import partitioning
 
         try:
-            boxed = jax.eval_shape(self.init_params, ABSTRACT_KEY)
+            boxed = _abstract_init(self)
         except NotImplementedError:
             return None
         return partitioning.mesh_specs(boxed, mesh, partitioning.RULES if rules is None else rules)
@@ -209,6 +209,15 @@ class LossFamily(Family):
     def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         """One optimizer update of :meth:`loss_fn` (see ``make_train_step``)."""
         return self._step(state, batch)
+
+
+def _abstract_init(family: Family) -> Any:
+    """The boxed parameters of ``family.init_params`` as shapes: no computation, and no
+    attention-kernel log lines (a shape-only trace, maybe off the mesh the model runs on)."""
+    from jaxgen.nn.kernels import dispatch
+
+    with dispatch.silent():
+        return jax.eval_shape(family.init_params, ABSTRACT_KEY)
 
 
 def sampling_params(state: TrainState, weights: str = "ema") -> Any:
