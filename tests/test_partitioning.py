@@ -70,3 +70,13 @@ def test_a_mesh_axis_that_does_not_divide_a_dimension_is_dropped_for_it(sizes):
         for dim, axis in zip(x.shape, tuple(spec)):
             if axis is not None:
                 assert dim % mesh.shape[axis] == 0
+
+
+def test_rules_without_an_axis_replicate_what_it_sharded_and_keep_the_rest():
+    rules = dict(partitioning.rules_without("fsdp"))
+    assert rules["embed"] is None and rules["conv_out"] is None  # FSDP's axes: replicated
+    assert rules["activation_batch"] == "data"  # ("data", "fsdp") keeps its other axis
+    assert rules["mlp"] == "tensor" and rules["heads"] == "tensor"  # untouched
+    assert len(rules) == len(partitioning.RULES)
+    assert dict(partitioning.rules_without("data"))["activation_batch"] == "fsdp"
+    assert dict(partitioning.rules_without("tensor"))["mlp"] is None

@@ -42,9 +42,9 @@ from jaxgen.train.state import TrainState
 from jaxgen.train.step import (
     EMAConfig,
     all_finite,
-    global_norm,
     apply_gradients,
     ema_update,
+    global_norm,
     loss_and_grads,
     select_tree,
 )
