@@ -10,7 +10,7 @@ The pieces, each usable alone (the GAN's two-player step composes them):
   :func:`loss_and_grads`   mean loss, metrics and gradients, accumulated over micro-batches;
   :func:`apply_gradients`  one Optax update of a parameter tree, guarded against non-finite values;
   :class:`EMAConfig`, :func:`ema_update`   an EMA of a chosen subtree with a warm-up schedule;
-  :func:`global_norm`, :func:`all_finite`   a pytree's norm, and whether it is finite.
+  :func:`global_norm`, :func:`all_finite`  a pytree's norm, and whether it is finite.
 :func:`make_train_step` is the single-loss step every likelihood family uses.
 """
 from __future__ import annotations
