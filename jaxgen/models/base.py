@@ -168,6 +168,19 @@ class Family:
             return None
         return partitioning.mesh_specs(boxed, mesh, partitioning.RULES if rules is None else rules)
 
+    def gathered_over_fsdp(self, params: Any) -> Any:
+        """``params`` constrained to their layout without the "fsdp" mesh axis, on the mesh the
+        caller is traced under: for a sampler's loop (one all-gather per weight before it, none
+        per iteration). Unchanged without a mesh, with ``mesh.fsdp`` = 1, or for a family
+        without logical axes."""
+        from jaxgen.nn import partitioning
+
+        mesh = jax.sharding.get_abstract_mesh()
+        if mesh.empty or dict(mesh.shape).get("fsdp", 1) == 1:
+            return params
+        specs = self.param_specs(params, mesh, partitioning.rules_without("fsdp"))
+        return params if specs is None else jax.lax.with_sharding_constraint(params, specs)
+
 
 class LossFamily(Family):
     """A family trained by one loss (the VAE, the LM, the diffusion model): a subclass gives

@@ -23,7 +23,6 @@ from jaxgen.models.lm.decode import check_prompt, generate_long
 from jaxgen.models.lm.model import LMConfig, Transformer
 from jaxgen.models.lm.sampling import make_strategy
 from jaxgen.models.lm.settings import LMExperiment, LMSample
-from jaxgen.nn import partitioning
 from jaxgen.train.state import TrainState
 from jaxgen.train.workdir import write_atomic
 
@@ -147,20 +146,10 @@ class LMFamily(LossFamily):
                                  top_p=o.top_p)
         params = sampling_params(state)
         if o.gather_fsdp:
-            params = self._gathered_over_fsdp(params)
+            params = self.gathered_over_fsdp(params)
         return generate_long(self.cfg, params, jnp.asarray(np.repeat(prompt, n, 0)),
                              rng, strategy, max_new_tokens=self._max_new(o, prompt.shape[1]),
                              stop_token=self._stop(o))
-
-    def _gathered_over_fsdp(self, params: Any) -> Any:
-        """``params`` constrained to their layout without the "fsdp" axis, on the mesh the
-        sampler is traced under: one all-gather per weight before the decoding loop, none per
-        token. Unchanged without a mesh or with ``mesh.fsdp`` = 1."""
-        mesh = jax.sharding.get_abstract_mesh()
-        if mesh.empty or dict(mesh.shape).get("fsdp", 1) == 1:
-            return params
-        specs = self.param_specs(params, mesh, partitioning.rules_without("fsdp"))
-        return jax.lax.with_sharding_constraint(params, specs)
 
     def texts(self, tokens: Any, options: Optional[LMSample] = None) -> list[str]:
         """The texts of sampled tokens [n, T], each cut after its stop token."""
