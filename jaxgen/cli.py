@@ -140,6 +140,30 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value first, e.g. --set mesh.fsdp=256 (repeatable)")
 
+    p = sub.add_parser("prepare", help="write a dataset in the formats training reads lazily",
+                       description="jaxgen prepare images: a folder of images (class "
+                       "sub-folders are labels, like torchvision's ImageFolder) or an .npz "
+                       "('image' uint8 [N,H,W(,C)], optional 'label') -> sharded ArrayRecord "
+                       "files; train with --set data.source=arrayrecord --set data.path=OUT. "
+                       "jaxgen prepare text: text files -> memory-mapped token files (train.bin, "
+                       "val.bin) and their tokenizer; train with --set data.source=token_file "
+                       "--set data.path=OUT.")
+    p.add_argument("kind", choices=("images", "text"))
+    p.add_argument("--from", dest="source", nargs="+", required=True, metavar="PATH",
+                   help="images: one folder or .npz; text: one or more UTF-8 files")
+    p.add_argument("--out", required=True, metavar="DIR", help="the directory to write (new)")
+    p.add_argument("--tokenizer", default="char", metavar="char|byte|bpe|FILE",
+                   help="text: char, byte, bpe (trained on the corpus) or a tokenizer file such "
+                   "as a Hugging Face tokenizer.json (default char)")
+    p.add_argument("--vocab-size", type=int, default=512, help="text: the BPE vocabulary size")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="text: the last share of the input that is the val split (default 0.1)")
+    p.add_argument("--eval-fraction", type=float, default=0.1,
+                   help="images: the share held out as the test split (default 0.1; 0: none)")
+    p.add_argument("--size", metavar="HxW", help="images: resize every image to HxW")
+    p.add_argument("--workers", type=int, default=0,
+                   help="text: encoding processes (default: one per CPU)")
+
     b = sub.add_parser("bench", add_help=False, help="benchmark suite: attention | denoise | "
                        "train | all (jaxgen bench NAME --help)")
     b.add_argument("bench_args", nargs=argparse.REMAINDER, metavar="NAME [options]")
@@ -329,6 +353,34 @@ def cmd_bench(args) -> int:
     return bench_main(args.bench_args, prog="jaxgen bench")
 
 
+def cmd_prepare(args) -> int:
+    from jaxgen.errors import UsageError
+
+    if args.kind == "images":
+        from jaxgen.data import arrayrecord
+        if len(args.source) != 1:
+            raise UsageError("jaxgen prepare images takes one --from folder or .npz")
+        size = arrayrecord.parse_size(args.size) if args.size else None
+        info = arrayrecord.prepare_images(args.source[0], args.out, size=size,
+                                          eval_fraction=args.eval_fraction)
+        counts = {k: sum(v["counts"]) for k, v in info["splits"].items()}
+        print(f"wrote {args.out}: " + ", ".join(f"{k} {n:,}" for k, n in counts.items())
+              + f" images {'x'.join(map(str, info['shape']))}, {info['num_classes']} classes; "
+              f"train with --set data.source=arrayrecord --set data.path={args.out}")
+        return 0
+    from jaxgen.data import tokenfile
+    if args.workers < 0:
+        raise UsageError(f"--workers must be >= 0, got {args.workers}")
+    info = tokenfile.prepare_text(args.source, args.tokenizer, args.out,
+                                  vocab_size=args.vocab_size, val_fraction=args.val_fraction,
+                                  workers=args.workers)
+    print(f"wrote {args.out}: train {info['splits']['train']:,} and val "
+          f"{info['splits']['val']:,} {info['dtype']} tokens, vocabulary {info['vocab_size']:,} "
+          f"({info['tokenizer']}); train with --set data.source=token_file --set "
+          f"data.path={args.out}")
+    return 0
+
+
 def cmd_compile(args) -> int:
     from jaxgen.train.workdir import check_output_file
 
@@ -402,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _quiet_libraries()
     commands = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "bench": cmd_bench,
-                "list": cmd_list, "config": cmd_config, "compile": cmd_compile}
+                "list": cmd_list, "config": cmd_config, "compile": cmd_compile,
+                "prepare": cmd_prepare}
     if args.command in ("compile", "config"):
         # compile-only devices, or shapes only: never initialise a local accelerator or probe
         # for a TPU VM

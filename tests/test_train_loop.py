@@ -106,7 +106,7 @@ def test_sigterm_saves_and_exits(tmp_path):
     import signal
 
     config = toy.toy_config(steps=50, ckpt_every=100)
-    datasets = toy.signalling_datasets(config, 5, signal.SIGTERM)  # SIGTERM at the 5th batch
+    datasets = toy.signalling_datasets(config, 5, signal.SIGTERM)  # SIGTERM while step 5 runs
     with pytest.raises(loop.Preempted) as info:
         loop.train(config, str(tmp_path / "w"), family=toy.make_family, datasets=datasets, progress=False)
     state = info.value.state

@@ -77,7 +77,8 @@ def toy_datasets(config, process_index: int = 0, process_count: int = 1) -> ToyD
 
 def signalling_datasets(config, batches: int, sig) -> ToyDatasets:
     """Toy datasets whose train iterator sends ``sig`` to this process as it hands out batch
-    number ``batches`` (a preemption or Ctrl-C at a known step)."""
+    number ``batches + 1`` (a preemption or Ctrl-C at step ``batches``: the trainer reads each
+    batch while the step before it runs)."""
     import os
 
     data = toy_datasets(config)
@@ -85,7 +86,7 @@ def signalling_datasets(config, batches: int, sig) -> ToyDatasets:
 
     def next_and_signal():
         batch = original()
-        if data.train.pos == batches * config.data.batch_size:
+        if data.train.pos == (batches + 1) * config.data.batch_size:
             os.kill(os.getpid(), sig)
         return batch
     data.train.__class__ = type("Signalling", (ToyIterator,),

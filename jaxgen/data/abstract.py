@@ -55,6 +55,16 @@ def _tfds_image_info(name: str, data_dir: str) -> tuple[tuple[int, ...], int] | 
         return None
 
 
+def _prepared_info(path: str) -> dict:
+    """The info.json of a directory written by ``jaxgen prepare`` ({} when not on this host)."""
+    import json
+    try:
+        with open(os.path.join(path, "info.json"), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
 def abstract_info(config: Any) -> dict:
     """The data info of ``config.data`` without reading its examples (UsageError if unknown)."""
     data = config.data
@@ -64,6 +74,8 @@ def abstract_info(config: Any) -> dict:
         if not vocab:
             vocab = {"byte": 256, "bpe": int(data.vocab_size)}.get(data.tokenizer, 0)
         vocab = vocab or KNOWN_VOCAB.get((source, data.name, data.tokenizer), 0)
+        if not vocab and source == "token_file":
+            vocab = _prepared_info(data.path).get("vocab_size", 0)
         if not vocab:
             raise UsageError(f"the vocabulary of data.source={source!r} with data.tokenizer="
                              f"{data.tokenizer!r} is only known from its text: set "
@@ -73,6 +85,10 @@ def abstract_info(config: Any) -> dict:
     known = KNOWN_IMAGES.get((source, "" if source in ("mnist_embedded", "digits") else data.name))
     if known is None and source == "tfds":
         known = _tfds_image_info(data.name, data.data_dir)
+    if known is None and source == "arrayrecord":
+        info = _prepared_info(data.path)
+        if "shape" in info:
+            known = (tuple(info["shape"]), int(info.get("num_classes", 0)))
     if known is None and source == "npz" and os.path.isfile(data.path):
         import numpy as np
         with np.load(data.path, mmap_mode="r") as f:

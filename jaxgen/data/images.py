@@ -1,8 +1,11 @@
-"""Image datasets as in-memory arrays: embedded MNIST, scikit-learn digits, TFDS, .npz files.
+"""Image datasets as random-access sources: ``source[i] -> {"image": [H, W, C], "label": int32}``.
 
-Every source returns an :class:`ImageSplits`: uint8 or float images [N, H, W, C] plus int32 labels
-for a train and an eval split. Conversion to float32 in [0, 1] (and binarization) happens per
-batch in the pipeline, so the arrays stay small.
+Small offline sets (embedded MNIST, scikit-learn digits, .npz files) are held in memory as an
+:class:`ImageSplits` and served by :class:`ArrayImages`; TFDS datasets (:class:`TFDSImages`,
+``tfds.data_source``) and prepared ArrayRecord directories
+(:class:`jaxgen.data.arrayrecord.ArrayRecordImages`) are read lazily, one record at a time, so a
+process holds only the records it draws. Every source has ``shape``, ``num_classes`` and
+``scale`` (divide by it for [0, 1]); conversion to float32 happens per example in the pipeline.
 """
 from __future__ import annotations
 
@@ -80,22 +83,53 @@ def _scale_of(images: np.ndarray) -> float:
     return 255.0 if images.dtype == np.uint8 and images.max(initial=0) > 1 else 1.0
 
 
-def tfds_images(name: str, train_split: str, eval_split: str, data_dir: str) -> ImageSplits:
-    """A prepared TFDS image dataset (mnist, fashion_mnist, binarized_mnist, cifar10, ...)."""
-    def load(split):
-        src = tfds_source.open_split(name, split, data_dir, alternative=(
-            "--set data.source=npz --set data.path=FILE.npz (an image array and optional "
-            "labels), or data.source=mnist_embedded (offline MNIST)"))
-        records = [src[i] for i in range(len(src))]
-        if not records:
-            raise ValueError(f"TFDS dataset {name!r} split {split!r} is empty")
-        images = _as_nhwc(np.stack([np.asarray(r["image"]) for r in records]), name)
-        labels = np.asarray([r.get("label", -1) for r in records], np.int32)
-        return images, labels
+class ArrayImages:
+    """In-memory images uint8/float [N, H, W, C] and labels [N] as a random-access source."""
 
-    tx, ty = load(train_split)
-    ex, ey = load(eval_split)
-    return ImageSplits(tx, ty, ex, ey, _scale_of(tx))
+    def __init__(self, images: np.ndarray, labels: np.ndarray, scale: float, num_classes: int):
+        self.images, self.labels = images, np.asarray(labels, np.int32)
+        self.shape = tuple(int(s) for s in images.shape[1:])
+        self.scale, self.num_classes = float(scale), int(num_classes)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i], "label": self.labels[i]}
+
+
+def _tfds_classes(src: Any, name: str) -> int:
+    """The label feature's class count (TFDS metadata, else jaxgen's table of known sets)."""
+    try:
+        return int(src.dataset_info.features["label"].num_classes)
+    except (AttributeError, KeyError, TypeError):
+        from jaxgen.data.abstract import KNOWN_IMAGES
+        return KNOWN_IMAGES.get(("tfds", name), (None, 0))[1]
+
+
+class TFDSImages:
+    """One split of a prepared TFDS image dataset (mnist, fashion_mnist, cifar10, ...), read
+    lazily through ``tfds.data_source`` (ArrayRecord files, no TensorFlow)."""
+
+    def __init__(self, name: str, split: str, data_dir: str):
+        self.name, self.split = name, split
+        self._src = tfds_source.open_split(name, split, data_dir, alternative=(
+            "--set data.source=arrayrecord --set data.path=DIR (written by jaxgen prepare "
+            "images), or data.source=mnist_embedded (offline MNIST)"))
+        if len(self._src) == 0:
+            raise ValueError(f"TFDS dataset {name!r} split {split!r} is empty")
+        image = np.asarray(self._src[0]["image"])
+        self.shape = tuple(int(s) for s in (image.shape if image.ndim == 3 else (*image.shape, 1)))
+        self.num_classes = _tfds_classes(self._src, name)
+        self.scale = 255.0 if image.dtype == np.uint8 and "binarized" not in name else 1.0
+
+    def __len__(self) -> int:
+        return len(self._src)
+
+    def __getitem__(self, i: int) -> dict:
+        r = self._src[int(i)]
+        image = np.asarray(r["image"])
+        return {"image": image.reshape(self.shape), "label": np.int32(r.get("label", -1))}
 
 
 def npz_images(path: str, eval_path: str = "", eval_fraction: float = 0.1) -> ImageSplits:
@@ -128,19 +162,34 @@ def npz_images(path: str, eval_path: str = "", eval_fraction: float = 0.1) -> Im
 from jaxgen.config import IMAGE_SOURCES  # noqa: E402  (re-exported)
 
 
-def load_image_splits(data: Any) -> ImageSplits:
-    """Dispatches on ``data.source`` (one of :data:`IMAGE_SOURCES`)."""
+def _in_memory(splits: ImageSplits) -> tuple[ArrayImages, ArrayImages]:
+    classes = int(max(splits.train_labels.max(initial=-1), splits.eval_labels.max(initial=-1)) + 1)
+    return (ArrayImages(splits.train_images, splits.train_labels, splits.scale, classes),
+            ArrayImages(splits.eval_images, splits.eval_labels, splits.scale, classes))
+
+
+def image_sources(data: Any) -> tuple[Any, Any]:
+    """The (train, eval) random-access sources of ``data`` (``data.source`` in
+    :data:`IMAGE_SOURCES`)."""
     src = data.source
     if src == "mnist_embedded":
-        return mnist_embedded()
+        return _in_memory(mnist_embedded())
     if src == "digits":
-        return sklearn_digits()
+        return _in_memory(sklearn_digits())
     if src == "tfds":
         if not data.name:
             raise ValueError("data.source='tfds' needs data.name (e.g. mnist, cifar10)")
-        return tfds_images(data.name, data.train_split, data.eval_split, data.data_dir)
+        return (TFDSImages(data.name, data.train_split, data.data_dir),
+                TFDSImages(data.name, data.eval_split, data.data_dir))
     if src == "npz":
         if not data.path:
             raise ValueError("data.source='npz' needs data.path=FILE.npz")
-        return npz_images(data.path, data.eval_path, data.eval_fraction)
+        return _in_memory(npz_images(data.path, data.eval_path, data.eval_fraction))
+    if src == "arrayrecord":
+        from jaxgen.data.arrayrecord import ArrayRecordImages
+        if not data.path:
+            raise ValueError("data.source='arrayrecord' needs data.path=DIR (written by jaxgen "
+                             "prepare images)")
+        return (ArrayRecordImages(data.path, data.train_split),
+                ArrayRecordImages(data.path, data.eval_split))
     raise ValueError(f"unknown image data source {src!r}; choose one of {', '.join(IMAGE_SOURCES)}")

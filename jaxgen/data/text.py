@@ -111,28 +111,43 @@ def _mix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def random_windows(tokens: np.ndarray, example_ids: np.ndarray, length: int, seed: int) -> np.ndarray:
-    """int32 [len(example_ids), length]: windows at offsets hashed from (seed, example id).
-
-    Like nanoGPT's ``get_batch`` (uniformly random offsets), but a pure function of the example
-    index, so an iterator over examples can be checkpointed and resumed exactly.
-    """
-    n_offsets = len(tokens) - length + 1
+def window_offsets(n_tokens: int, example_ids: np.ndarray, length: int, seed: int) -> np.ndarray:
+    """int64 offsets of the windows of ``example_ids``: SplitMix64 of (seed, id) modulo the
+    number of windows of ``length`` in ``n_tokens``."""
+    n_offsets = n_tokens - length + 1
     if n_offsets < 1:
-        raise ValueError(f"the training text has {len(tokens)} tokens, fewer than one window of "
+        raise ValueError(f"the training text has {n_tokens} tokens, fewer than one window of "
                          f"{length}; use a shorter data.seq_len or more text")
     with np.errstate(over="ignore"):
         h = _mix64(np.asarray(example_ids, np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15))
-    offsets = (h % np.uint64(n_offsets)).astype(np.int64)
+    return (h % np.uint64(n_offsets)).astype(np.int64)
+
+
+def random_windows(tokens: np.ndarray, example_ids: np.ndarray, length: int, seed: int) -> np.ndarray:
+    """[len(example_ids), length] of ``tokens``' dtype: windows at offsets hashed from (seed,
+    example id).
+
+    Like nanoGPT's ``get_batch`` (uniformly random offsets), but a pure function of the example
+    index, so an iterator over examples can be checkpointed and resumed exactly. ``tokens`` may
+    be a memory map: only the windows drawn are read.
+    """
+    offsets = window_offsets(len(tokens), example_ids, length, seed)
     return tokens[offsets[:, None] + np.arange(length)[None, :]]
 
 
-def eval_windows(tokens: np.ndarray, length: int) -> np.ndarray:
-    """Non-overlapping windows [N, length] with stride ``length - 1``: every token after the
-    first is a target exactly once."""
-    stride = length - 1
-    n = (len(tokens) - 1) // stride
+def num_eval_windows(n_tokens: int, length: int) -> int:
+    """How many windows :func:`eval_windows` cuts from ``n_tokens`` (ValueError if none)."""
+    n = (n_tokens - 1) // (length - 1) if length > 1 else n_tokens
     if n < 1:
-        raise ValueError(f"the validation text has {len(tokens)} tokens, fewer than one window "
+        raise ValueError(f"the validation text has {n_tokens} tokens, fewer than one window "
                          f"of {length}; use a shorter data.seq_len or a larger data.val_fraction")
-    return tokens[np.arange(n)[:, None] * stride + np.arange(length)[None, :]]
+    return n
+
+
+def eval_windows(tokens: np.ndarray, length: int, ids: np.ndarray | None = None) -> np.ndarray:
+    """Non-overlapping windows [N, length] with stride ``length - 1``: every token after the
+    first is a target exactly once. ``ids`` picks windows (default: all of them)."""
+    stride = max(length - 1, 1)
+    if ids is None:
+        ids = np.arange(num_eval_windows(len(tokens), length))
+    return tokens[np.asarray(ids)[:, None] * stride + np.arange(length)[None, :]]

@@ -432,6 +432,9 @@ def _train_locked(config, workdir, family, devices, datasets, interrupt_at, prog
     log.info("training from step %d to %d", start, total)
     step_last = start
     step = start
+    # Reading one batch ahead is safe when the data position is the step (``seek``); an
+    # iterator whose own state is checkpointed must not have moved past the saved step.
+    read_ahead = hasattr(train_iter, "seek")
     try:
         with _deferred_signals():
             try:
@@ -441,6 +444,9 @@ def _train_locked(config, workdir, family, devices, datasets, interrupt_at, prog
                     first_batch = None
                     state, metrics = step_fn(state, batch)
                     step += 1
+                    if read_ahead and step < total:
+                        # the next batch is read and sent to the devices while this step runs
+                        first_batch = mesh_lib.global_batch(next(train_iter), run.batch_sharding)
                     bar.update(1)
                     if pending is not None:
                         p_step, p_metrics, p_log = pending
@@ -507,3 +513,5 @@ def _train_locked(config, workdir, family, devices, datasets, interrupt_at, prog
         bar.close()
         ckpt.close()
         writer.close()
+        if hasattr(train_iter, "close"):  # Grain's reader threads and worker processes
+            train_iter.close()
