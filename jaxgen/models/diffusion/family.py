@@ -128,6 +128,8 @@ class DiffusionFamily(LossFamily):
         """n images [n, H, W, C] in [0, 1] with ``options`` (default: the config's)."""
         o = options or self.config.sample
         params = sampling_params(state, o.weights)
+        if o.gather_fsdp:
+            params = self.gathered_over_fsdp(params)
         x0 = samplers_lib.sample(denoiser(self.model_fn(params), self.objective),
                                  (n, *self.shape), rng, o, sampling_sigmas(self.objective, o.steps),
                                  sample_labels(self.num_classes, o.label, n),

@@ -76,10 +76,14 @@ class DiffusionSample(SamplerConfig):
       label: -1 = classes cycled 0, 1, ..., C-1 over the samples (conditional models) or no
         label (unconditional); otherwise the class of every sample.
       weights: ema (the EMA of the weights, when the run keeps one) or raw.
+      gather_fsdp: on a mesh with ``mesh.fsdp`` > 1, gather the parameters over that axis once,
+        before the first denoising step, instead of re-gathering every weight at every step.
+        False keeps them sharded, for a model whose gathered share does not fit a chip.
     """
 
     label: int = -1
     weights: Literal["ema", "raw"] = "ema"
+    gather_fsdp: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
