@@ -1,6 +1,6 @@
 """``python -m benchmarks NAME [--quick] [--out DIR]`` (also ``jaxgen bench``).
 
-NAME is attention, denoise, train or all. Writes results.json (raw figures, device, versions,
+NAME is attention, denoise, train, input or all. Writes results.json (raw figures, device, versions,
 date, command), results.md (tables) and results.png (plots) into DIR (default
 bench_results/NAME-YYYYmmdd-HHMMSS/) and prints the tables. Exit status 2 with one line on
 stderr for a bad argument (unknown benchmark, kernel, grid or shape).
@@ -23,7 +23,7 @@ CAUSAL_MODES = {"both": (True, False), "yes": (True,), "no": (False,)}
 # sharded over them; see benchmarks/README.md for both layouts on the 2-core CPU); attention
 # runs as a plain python process, where the chunked kernel was the same or faster (see
 # benchmarks/host.py). `all` runs in one process.
-DEFAULT_CPU_DEVICES = {"attention": 1, "denoise": 0, "train": 0, "all": 1}
+DEFAULT_CPU_DEVICES = {"attention": 1, "denoise": 0, "train": 0, "input": 0, "all": 1}
 
 
 class UsageError(ValueError):
@@ -32,7 +32,7 @@ class UsageError(ValueError):
 
 def parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    p.add_argument("name", metavar="NAME", help="attention | denoise | train | all")
+    p.add_argument("name", metavar="NAME", help="attention | denoise | train | input | all")
     p.add_argument("--quick", action="store_true", help="tiny shapes, a few seconds (for CI)")
     p.add_argument("--out", metavar="DIR", help="output directory "
                    "(default bench_results/NAME-TIMESTAMP)")

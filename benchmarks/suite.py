@@ -1,7 +1,7 @@
 """The benchmark suite: a registry of benchmarks, each run lazily, and one record per run.
 
     python -m benchmarks NAME [--quick] [--out DIR]     # or: jaxgen bench NAME ...
-    NAME: attention | denoise | train | all
+    NAME: attention | denoise | train | input | all
 
 The contract a benchmark module ``benchmarks/<name>.py`` implements::
 
@@ -63,6 +63,8 @@ REGISTRY: dict[str, Benchmark] = {b.name: b for b in (
               "attention kernels, forward and forward+backward, against torch SDPA"),
     Benchmark("denoise", "benchmarks.denoise", "diffusion denoiser steps against diffusers"),
     Benchmark("train", "benchmarks.train", "training-step throughput of the model families"),
+    Benchmark("input", "benchmarks.input", "input pipelines (token files, ArrayRecord images) "
+              "against what the training steps consume"),
 )}
 NAMES = (*REGISTRY, "all")
 

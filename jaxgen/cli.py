@@ -165,7 +165,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="text: encoding processes (default: one per CPU)")
 
     b = sub.add_parser("bench", add_help=False, help="benchmark suite: attention | denoise | "
-                       "train | all (jaxgen bench NAME --help)")
+                       "train | input | all (jaxgen bench NAME --help)")
     b.add_argument("bench_args", nargs=argparse.REMAINDER, metavar="NAME [options]")
     return parser
 

@@ -20,9 +20,10 @@ def _env():
     return env
 
 
-def _run(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=ROOT, env=_env(),
-                          capture_output=True, text=True, timeout=timeout, check=False)
+def _run(*args, timeout=600, env=None):
+    return subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=ROOT,
+                          env={**_env(), **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout, check=False)
 
 
 def _check_outputs(out_dir, names):
@@ -44,9 +45,9 @@ def test_all_quick_runs_every_benchmark_and_writes_each_section(tmp_path):
     """``all --quick``: each benchmark runs (or says why not) and its section has the rows,
     columns and ratios a reader needs. Timings are never asserted, only the record's shape."""
     out = tmp_path / "all"
-    proc = _run("all", "--quick", "--out", str(out))
+    proc = _run("all", "--quick", "--out", str(out), env={"JAXGEN_BENCH_DATA": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    record, md = _check_outputs(out, ["attention", "denoise", "train"])
+    record, md = _check_outputs(out, ["attention", "denoise", "train", "input"])
     assert "python -m benchmarks all --quick --out" in record["command"]
     assert "attention" in proc.stdout and "wrote png" in proc.stdout
     sections = {s["name"]: s for s in record["benchmarks"]}
@@ -58,6 +59,25 @@ def test_all_quick_runs_every_benchmark_and_writes_each_section(tmp_path):
     _check_attention(sections["attention"])
     _check_denoise(sections["denoise"], record)
     _check_train(sections["train"], record)
+    _check_input(sections["input"], tmp_path)
+
+
+def _check_input(section, data_root):
+    """Both sources at two sizes, the worker sweep at the larger, the step they feed."""
+    assert section["status"] == "ok", section["reason"]
+    rows = section["rows"]
+    assert not [r for r in rows if "skipped" in r], rows
+    assert {r["source"] for r in rows} == {"tokens", "images"}
+    for source in ("tokens", "images"):
+        mine = [r for r in rows if r["source"] == source]
+        sizes = sorted({r["size"] for r in mine})
+        assert len(sizes) == 2 and sizes[1] == 10 * sizes[0]
+        assert {r["workers"] for r in mine if r["size"] == sizes[1]} == {0, 1}
+        for r in mine:
+            assert r["batches_per_s"] > 0 and r["step_per_s"] > 0 and r["RssAnon"] > 0
+            assert r["headroom"] == pytest.approx(r["batches_per_s"] / r["step_per_s"])
+        assert all(r["workers_anon"] > 0 for r in mine if r["workers"] == 1)
+    assert len(os.listdir(data_root)) >= 4  # the synthetic sets were written where told
 
 
 def _section_table(section):
@@ -112,7 +132,7 @@ def _check_train(section, record):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["flash"], "unknown benchmark 'flash'; choose from attention, denoise, train, all"),
+    (["flash"], "unknown benchmark 'flash'; choose from attention, denoise, train, input, all"),
     (["attention", "--kernels", "xla,flash"], "unknown kernel(s) flash; choose from"),
     (["attention", "--grid", "huge"], "unknown grid 'huge'"),
     (["attention", "--shapes", "4,8,x,64"], "bad shape '4,8,x,64'"),

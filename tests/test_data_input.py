@@ -126,15 +126,17 @@ def test_process_shards_are_disjoint_and_make_the_global_batch(prepared, token_d
 
 
 def test_flip_crop_is_a_mirror_and_a_window_of_the_padded_image():
-    x = np.random.default_rng(0).random((6, 7, 2)).astype(np.float32)
+    x = np.random.default_rng(0).random((20, 6, 7, 2)).astype(np.float32)
+    padded = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="reflect")
     rng = np.random.default_rng(3)
-    for _ in range(20):
-        y = FlipCrop(True, 0).random_map({"image": x}, rng)["image"]
-        assert np.array_equal(y, x) or np.array_equal(y, x[:, ::-1])
-        z = FlipCrop(False, 2).random_map({"image": x}, rng)["image"]
-        padded = np.pad(x, ((2, 2), (2, 2), (0, 0)), mode="reflect")
-        assert z.shape == x.shape and any(np.array_equal(z, padded[i:i + 6, j:j + 7])
-                                          for i in range(5) for j in range(5))
+    y = FlipCrop(True, 0).random_map({"image": x}, rng)["image"]
+    mirrored = [np.array_equal(a, b[:, ::-1]) for a, b in zip(y, x)]
+    assert all(m or np.array_equal(a, b) for m, a, b in zip(mirrored, y, x))
+    assert 0 < sum(mirrored) < 20  # each example draws its own flip
+    z = FlipCrop(False, 2).random_map({"image": x}, rng)["image"]
+    assert z.shape == x.shape
+    for a, p in zip(z, padded):
+        assert any(np.array_equal(a, p[i:i + 6, j:j + 7]) for i in range(5) for j in range(5))
 
 
 def test_augmented_batches_resume_exactly(prepared):
@@ -194,7 +196,10 @@ def test_gpt2_style_tokenizer_json_encodes_and_decodes_through_the_token_file(co
     corpus_file = tokenfile.TokenFile(out)
     tok = corpus_file.tokenizer()
     train, val = corpus_file.tokens("train"), corpus_file.tokens("val")
-    assert isinstance(train, np.memmap) and train.dtype == np.uint16
+    assert isinstance(train.array, np.memmap) and train.array.dtype == np.uint16
+    import pickle
+    assert len(pickle.dumps(train)) < 1000  # workers get the path, not a copy of the corpus
+    train, val = np.asarray(train), np.asarray(val)
     assert tok.decode(train) + tok.decode(val) == text
     n_val = len(tok.decode(val))
     assert abs(n_val - 0.1 * len(text)) < 200  # the last tenth, cut at a newline
@@ -381,3 +386,13 @@ def test_loaded_tokenizer_kinds(tmp_path, corpus):
     (tmp_path / "junk.json").write_text(json.dumps({"hello": 1}))
     with pytest.raises(ValueError, match="neither a jaxgen tokenizer file"):
         load_tokenizer_file(str(tmp_path / "junk.json"))
+
+
+def test_compiling_ahead_of_time_reads_only_the_prepared_info(prepared, token_dir):
+    """``jaxgen compile`` needs shapes, not data: the info files give them."""
+    from jaxgen.data.abstract import abstract_info
+
+    images = abstract_info(_image_config(prepared))
+    assert images["shape"] == (28, 28, 1) and images["num_classes"] == 10
+    text = abstract_info(_text_config(token_dir))
+    assert text["vocab_size"] == tokenfile.TokenFile(token_dir).vocab_size

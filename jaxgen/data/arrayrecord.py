@@ -258,12 +258,22 @@ def _eval_ids(n: int, eval_fraction: float, seed: int) -> np.ndarray:
     return mask
 
 
+RECORDS_PER_SHARD = 4096  # ArrayRecord's read of one record costs ~2 ns per record of its
+# shard on top of ~7 us (measured: 13 us at 4,000 records, 50 us at 20,000), and Grain reads one
+# record per call: shards stay small (TFDS's ImageNet shards hold ~1,250)
+
+
+def _per_shard(record_bytes: int, shard_mb: int, records_per_shard: int) -> int:
+    return max(1, min(records_per_shard, (shard_mb << 20) // record_bytes))
+
+
 def prepare_images(source: str, out: str, *, eval_fraction: float = 0.1,
                    size: tuple[int, int] | None = None, shard_mb: int = 256,
-                   seed: int = 0) -> dict:
+                   records_per_shard: int = RECORDS_PER_SHARD, seed: int = 0) -> dict:
     """Writes a folder of images or an ``.npz`` (``image`` [N, H, W(, C)] uint8, optional
     ``label``) as a prepared directory ``out`` (see the module docstring); returns its info.
 
+    Shards hold at most ``records_per_shard`` records and ``shard_mb`` MiB.
     ``eval_fraction`` of the examples (a seeded choice) form the ``test`` split, the rest
     ``train``; each split keeps the source order. Images of a folder must share one size
     unless ``size`` (H, W) resizes them. Raises UsageError on bad input (one line).
@@ -313,7 +323,7 @@ def prepare_images(source: str, out: str, *, eval_fraction: float = 0.1,
     if os.path.exists(os.path.join(out, INFO_FILE)):
         raise UsageError(f"{out} already holds a prepared dataset; choose another --out")
     is_eval = _eval_ids(n, eval_fraction, seed)
-    per_shard = max(1, (shard_mb << 20) // (HEADER.size + int(np.prod(shape))))
+    per_shard = _per_shard(HEADER.size + int(np.prod(shape)), shard_mb, records_per_shard)
     splits = {}
     for split, ids in (("train", np.flatnonzero(~is_eval)), ("test", np.flatnonzero(is_eval))):
         if len(ids):
@@ -344,7 +354,7 @@ def synthetic(out: str, n: int, shape: Sequence[int] = (32, 32, 3), classes: int
     prepared directory ``out``."""
     os.makedirs(out, exist_ok=True)
     rng = np.random.default_rng(seed)
-    per_shard = max(1, (256 << 20) // (HEADER.size + int(np.prod(shape))))
+    per_shard = _per_shard(HEADER.size + int(np.prod(shape)), 256, RECORDS_PER_SHARD)
 
     def examples(count):
         for start in range(0, count, 4096):

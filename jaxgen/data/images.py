@@ -97,6 +97,10 @@ class ArrayImages:
     def __getitem__(self, i: int) -> dict:
         return {"image": self.images[i], "label": self.labels[i]}
 
+    def gather(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(images [B, H, W, C], labels [B]) of ``ids``, in one vectorised gather."""
+        return self.images[ids], self.labels[ids]
+
 
 def _tfds_classes(src: Any, name: str) -> int:
     """The label feature's class count (TFDS metadata, else jaxgen's table of known sets)."""

@@ -1,11 +1,13 @@
 """Grain pipelines: checkpointable, per-process train iterators and padded eval iterators.
 
-Train (images): a Grain ``MapDataset`` over a random-access source (:mod:`jaxgen.data.images`),
-``shuffle`` (a fresh global permutation every epoch, Grain's index shuffle), ``repeat``, the
-per-example decode and augmentation, ``batch`` into per-process slices of the global batch, and
-``[process_index::process_count]``: global batch ``b`` holds positions ``b*B ... b*B+B-1`` of the
-shuffled stream whatever the number of processes, and each process reads only the records of
-its own slice. Text: the same, over example ids whose windows are hashed from (seed, id).
+Train (images): a Grain ``MapDataset`` of example ids, ``shuffle`` (a fresh global permutation
+every epoch, Grain's index shuffle), ``repeat``, ``batch`` into per-process slices of the global
+batch and ``[process_index::process_count]``, then a batch-level read of a random-access source
+(:mod:`jaxgen.data.images`: one vectorised gather for in-memory arrays, one record per example
+for ArrayRecord and TFDS) and augmentation: global batch ``b`` holds positions
+``b*B ... b*B+B-1`` of the shuffled stream whatever the number of processes, and each process
+reads only the records of its own slice. Text: the same, over example ids whose windows are
+hashed from (seed, id) and read in one vectorised gather per batch.
 
 The iterator's state is its position, the training step: a restored run calls ``seek(step)``
 (Grain's ``ds[step:]``) and sees exactly the batches an uninterrupted one would, on any number
@@ -65,16 +67,70 @@ class ReadSettings:
                    int(getattr(data, "prefetch", 4)))
 
 
-def train_iterator(examples: grain.MapDataset, batch_size: int, process_index: int,
-                   process_count: int, read: ReadSettings = ReadSettings()):
-    """Per-process slices of global batches of an infinite ``examples`` dataset.
+class EpochPermutations:
+    """Example ids of global batch ``b``: positions ``b*B ... b*B+B-1`` of the concatenation of
+    per-epoch permutations of ``range(n)``, permutation ``e`` drawn from (seed, e). Vectorised:
+    one permutation per epoch (cached), one gather per batch.
 
-    Global batch ``b`` is examples ``b*B ... b*B+B-1``; this process gets the ``process_index``-th
-    contiguous share of it (``batch(per)[process_index::process_count]``).
+    For in-memory sources only: Grain's per-id shuffle and batching cost ~20 us an example
+    (2.9 ms for a batch of 128, measured on a 2-core AMD EPYC), which made ``vae_mnist``'s
+    6.7 ms step loop 26% slower (1,500 steps: 16.7 s -> 21.0 s); a lazy source's record read
+    costs more than that anyway."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self._cache: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._cache:
+            if len(self._cache) > 2:
+                self._cache.pop(min(self._cache))
+            self._cache[epoch] = np.random.default_rng((self.seed, epoch)).permutation(self.n)
+        return self._cache[epoch]
+
+    def __call__(self, b: int) -> np.ndarray:
+        pos = b * self.batch_size + np.arange(self.batch_size, dtype=np.int64)
+        epochs, within = np.divmod(pos, self.n)
+        out = np.empty(self.batch_size, np.int64)
+        for e in np.unique(epochs):
+            sel = epochs == e
+            out[sel] = self._perm(int(e))[within[sel]]
+        return out
+
+
+def train_iterator(ids: "grain.MapDataset | EpochPermutations", make_batch: Callable,
+                   batch_size: int, process_index: int, process_count: int,
+                   read: ReadSettings = ReadSettings(),
+                   augment: Any = None, seed: int = 0):
+    """Per-process slices of global batches of an infinite dataset of example ids (or of
+    :class:`EpochPermutations`, indexed by batch).
+
+    Global batch ``b`` is ids ``b*B ... b*B+B-1``; this process gets the ``process_index``-th
+    contiguous share of it (Grain's ``batch(per)[process_index::process_count]``), which
+    ``make_batch`` (ids int64 [per] -> a batch, vectorised where the source allows) reads, and
+    ``augment`` (a Grain ``RandomMap`` seeded per batch) transforms.
     """
     per = per_process(batch_size, process_count, "batch_size")
-    batches = examples.batch(per, drop_remainder=True)[process_index::process_count]
+    if isinstance(ids, EpochPermutations):  # batch-indexed: this process's slice of batch b
+        lo = process_index * per
+        batches = grain.MapDataset.range(sys.maxsize // (2 * batch_size)).map(
+            _SliceOf(ids, lo, per)).map(make_batch)
+    else:
+        batches = ids.batch(per, drop_remainder=True)[process_index::process_count]
+        batches = batches.map(make_batch)
+    if augment is not None:
+        batches = batches.random_map(augment, seed=seed % 2 ** 32)
     return StepIndexedIterator(batches, read=read)
+
+
+class _SliceOf:
+    """Global batch number -> this process's ids ``[lo, lo + per)`` of it (picklable)."""
+
+    def __init__(self, ids_of: EpochPermutations, lo: int, per: int):
+        self.ids_of, self.lo, self.per = ids_of, lo, per
+
+    def __call__(self, b: int) -> np.ndarray:
+        return self.ids_of(int(b))[self.lo:self.lo + self.per]
 
 
 def _absl_flags_parsed() -> None:
@@ -152,46 +208,61 @@ def eval_iterator(num_examples: int, make_batch: Callable[[np.ndarray], Batch], 
         yield batch
 
 
-class ToFloat(grain.transforms.Map):
-    """An image example -> ``{"image": float32 [H, W, C] in [0, 1], "label": int32}``."""
+class ToFloat:
+    """Images (any leading shape, [..., H, W, C]) -> float32 in [0, 1], optionally binarised."""
 
     def __init__(self, scale: float, binarize: str):
         if binarize not in ("none", "threshold"):
             raise ValueError(f"unknown data.binarize {binarize!r}; choose 'none' or 'threshold'")
         self.scale, self.binarize = np.float32(scale), binarize
 
-    def map(self, example: dict) -> dict:
-        x = np.asarray(example["image"], np.float32) / self.scale
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        x = np.asarray(images, np.float32) / self.scale
         if self.binarize == "threshold":
             x = (x > 0.5).astype(np.float32)
-        return {"image": x, "label": np.int32(example["label"])}
+        return x
+
+
+class ReadImages(grain.transforms.Map):
+    """Example ids int64 [B] -> ``{"image": float32 [B, H, W, C] in [0, 1], "label": int32
+    [B]}``: one vectorised gather for in-memory sources (``source.gather``), else one
+    ``source[i]`` per example (ArrayRecord, TFDS; in the Grain worker processes when
+    ``data.workers`` > 0)."""
+
+    def __init__(self, source: Any, to_float: ToFloat):
+        self.source, self.to_float = source, to_float
+
+    def map(self, ids: np.ndarray) -> Batch:
+        ids = np.asarray(ids, np.int64)
+        if hasattr(self.source, "gather"):
+            images, labels = self.source.gather(ids)
+        else:
+            items = [self.source[int(i)] for i in ids]
+            images = np.stack([it["image"] for it in items])
+            labels = np.asarray([it["label"] for it in items], np.int32)
+        return {"image": self.to_float(images), "label": np.asarray(labels, np.int32)}
 
 
 class FlipCrop(grain.transforms.RandomMap):
     """Random horizontal flips and pad-and-crop translations (``pad`` pixels, reflected), the
-    CIFAR augmentation of He et al. 2016; deterministic per example index and epoch (Grain
-    seeds the generator)."""
+    CIFAR augmentation of He et al. 2016, drawn per example of a batch [B, H, W, C] from the
+    generator Grain seeds per batch index (so a resumed run draws the same)."""
 
     def __init__(self, flip: bool, pad: int):
         self.flip, self.pad = bool(flip), int(pad)
 
-    def random_map(self, example: dict, rng: np.random.Generator) -> dict:
-        x = example["image"]
+    def random_map(self, batch: Batch, rng: np.random.Generator) -> Batch:
+        x = batch["image"]
+        n, h, w = x.shape[:3]
         if self.pad:
-            h, w = x.shape[:2]
-            x = np.pad(x, ((self.pad, self.pad), (self.pad, self.pad), (0, 0)), mode="reflect")
-            i, j = rng.integers(0, 2 * self.pad + 1, 2)
-            x = x[i:i + h, j:j + w]
-        if self.flip and rng.random() < 0.5:
-            x = x[:, ::-1]
-        return {**example, "image": np.ascontiguousarray(x)}
-
-
-def _stacked(source: Any, to_float: ToFloat) -> Callable[[np.ndarray], Batch]:
-    def make(ids: np.ndarray) -> Batch:
-        items = [to_float.map(source[int(i)]) for i in ids]
-        return {k: np.stack([it[k] for it in items]) for k in items[0]}
-    return make
+            p = self.pad
+            padded = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
+            offsets = rng.integers(0, 2 * p + 1, (n, 2))
+            x = np.stack([padded[k, i:i + h, j:j + w] for k, (i, j) in enumerate(offsets)])
+        if self.flip:
+            flips = rng.random(n) < 0.5
+            x = np.where(flips[:, None, None, None], x[:, :, ::-1], x)
+        return {**batch, "image": np.ascontiguousarray(x)}
 
 
 def image_datasets(data: Any, process_index: int, process_count: int) -> Datasets:
@@ -200,48 +271,46 @@ def image_datasets(data: Any, process_index: int, process_count: int) -> Dataset
     if len(train_src) < int(data.batch_size):
         raise ValueError(f"the training split has {len(train_src)} examples, fewer than one "
                          f"batch of data.batch_size={data.batch_size}")
-    examples = grain.MapDataset.source(train_src).shuffle(seed=int(data.seed) % 2 ** 32)
-    examples = examples.repeat().map(to_float)
+    if hasattr(train_src, "gather"):  # in memory: vectorised epoch permutations
+        ids = EpochPermutations(len(train_src), int(data.batch_size), int(data.seed))
+    else:  # Grain's index shuffle: a fresh global permutation of the ids every epoch
+        ids = grain.MapDataset.range(len(train_src)).shuffle(seed=int(data.seed) % 2 ** 32)
+        ids = ids.repeat()
     flip, pad = bool(getattr(data, "random_flip", False)), int(getattr(data, "random_crop", 0))
-    if flip or pad:
-        examples = examples.random_map(FlipCrop(flip, pad), seed=int(data.seed) % 2 ** 32)
-    train = train_iterator(examples, int(data.batch_size), process_index, process_count,
-                           ReadSettings.of(data))
+    train = train_iterator(ids, ReadImages(train_src, to_float), int(data.batch_size),
+                           process_index, process_count, ReadSettings.of(data),
+                           augment=FlipCrop(flip, pad) if flip or pad else None,
+                           seed=int(data.seed))
     info = {"kind": "image", "shape": tuple(train_src.shape),
             "num_train": len(train_src), "num_eval": len(eval_src),
             "num_classes": max(int(train_src.num_classes), int(eval_src.num_classes)),
             "source": str(data.source)}
-    return Datasets(train, lambda: eval_iterator(len(eval_src), _stacked(eval_src, to_float),
+    return Datasets(train, lambda: eval_iterator(len(eval_src), ReadImages(eval_src, to_float).map,
                                                  int(data.eval_batch_size), process_index,
                                                  process_count), info)
 
 
 class Windows(grain.transforms.Map):
-    """Example id -> ``{"tokens": int32 [length]}``, the window at the offset hashed from (seed,
-    id) (:func:`jaxgen.data.text.random_windows`); ids outside the vocabulary are an error
-    naming the file and the token's position."""
+    """Example ids [B] -> ``{"tokens": int32 [B, length]}``, the windows at offsets hashed from
+    (seed, id) (:func:`jaxgen.data.text.random_windows`); ids outside the vocabulary are an
+    error naming the file and the token's position."""
 
-    def __init__(self, tokens: np.ndarray, length: int, seed: int, vocab_size: int, where: str):
+    def __init__(self, tokens: Any, length: int, seed: int, vocab_size: int, where: str):
         self.tokens, self.length, self.seed = tokens, length, seed
         self.vocab_size, self.where = vocab_size, where
 
-    def map(self, example_id: int) -> dict:
-        w = text_lib.random_windows(self.tokens, np.asarray([example_id]), self.length,
-                                    self.seed)[0]
-        return {"tokens": _checked(w, self.vocab_size, self.where, self.tokens, self.length,
-                                   example_id, self.seed)}
-
-
-def _checked(window: np.ndarray, vocab_size: int, where: str, tokens: np.ndarray, length: int,
-             example_id: int, seed: int) -> np.ndarray:
-    window = window.astype(np.int32)
-    if window.size and int(window.max()) >= vocab_size:
-        from jaxgen.errors import DataError
-        off = int(text_lib.window_offsets(len(tokens), np.asarray([example_id]), length, seed)[0])
-        k = int(np.argmax(window >= vocab_size))
-        raise DataError(f"{where}: token {off + k:,} is {int(window[k])}, outside the "
-                        f"vocabulary of {vocab_size} (a corrupt file, or another tokenizer's)")
-    return window
+    def map(self, ids: np.ndarray) -> Batch:
+        ids = np.asarray(ids, np.int64)
+        w = text_lib.random_windows(self.tokens, ids, self.length, self.seed)
+        if w.size and int(w.max()) >= self.vocab_size:
+            from jaxgen.errors import DataError
+            row, k = np.argwhere(w >= self.vocab_size)[0]
+            off = int(text_lib.window_offsets(len(self.tokens), ids[row:row + 1], self.length,
+                                              self.seed)[0])
+            raise DataError(f"{self.where}: token {off + int(k):,} is {int(w[row, k])}, outside "
+                            f"the vocabulary of {self.vocab_size} (a corrupt file, or another "
+                            "tokenizer's)")
+        return {"tokens": w.astype(np.int32)}
 
 
 def _token_streams(data: Any) -> tuple[np.ndarray, np.ndarray, Any, str]:
@@ -296,9 +365,9 @@ def text_datasets(data: Any, process_index: int, process_count: int) -> Datasets
     n_eval_batches = int(data.eval_batches)
     if n_eval_batches > 0:
         n_windows = min(n_windows, n_eval_batches * int(data.eval_batch_size))
-    examples = grain.MapDataset.range(sys.maxsize // 2).map(
-        Windows(train_tokens, seq_len + 1, seed, int(tok.vocab_size), where))
-    train = train_iterator(examples, int(data.batch_size), process_index, process_count,
+    train = train_iterator(grain.MapDataset.range(sys.maxsize // 2),
+                           Windows(train_tokens, seq_len + 1, seed, int(tok.vocab_size), where),
+                           int(data.batch_size), process_index, process_count,
                            ReadSettings.of(data))
     info = {"kind": "text", "vocab_size": int(tok.vocab_size), "tokenizer": tok,
             "seq_len": seq_len, "num_train_tokens": len(train_tokens),

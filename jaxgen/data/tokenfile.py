@@ -186,9 +186,14 @@ def _write_tokens(encoded, outs, counts, dtype, vocab_size) -> None:
         counts[split] += int(ids.size)
 
 
-def synthetic(out: str, tokens: int, vocab_size: int = 50257, seed: int = 0) -> dict:
-    """A benchmark's corpus: ``tokens`` random uint16 ids (train) and a tenth as many (val),
-    with a byte tokenizer file standing in for the vocabulary (ids are not decoded)."""
+def synthetic(out: str, tokens: int, vocab_size: int = 65, seed: int = 0) -> dict:
+    """A benchmark's corpus: ``tokens`` random ids (train) and a tenth as many (val) of a
+    ``vocab_size``-symbol character tokenizer (newline, printable ASCII, then code points from
+    U+0100, below the surrogates)."""
+    base = "\n" + "".join(chr(c) for c in range(32, 127))
+    chars = list(base[:vocab_size]) + [chr(0x100 + k) for k in range(vocab_size - len(base))]
+    if not 0 < vocab_size <= len(base) + 0xD800 - 0x100:
+        raise UsageError(f"a synthetic vocabulary has 1 to {len(base) + 0xD800 - 0x100} symbols")
     os.makedirs(out, exist_ok=True)
     rng = np.random.default_rng(seed)
     dtype = dtype_for(vocab_size)
@@ -200,9 +205,9 @@ def synthetic(out: str, tokens: int, vocab_size: int = 50257, seed: int = 0) -> 
                         .tobytes())
         counts[split] = n
     tok_path = os.path.join(out, TOKENIZER_FILE)
-    ByteTokenizer().save(tok_path)
+    CharTokenizer(chars).save(tok_path)
     info = {"format": FORMAT, "dtype": dtype.name, "vocab_size": vocab_size,
-            "tokenizer": "synthetic", "tokenizer_sha256": file_sha256(tok_path),
+            "tokenizer": "char", "tokenizer_sha256": file_sha256(tok_path),
             "splits": counts, "sources": []}
     with open(os.path.join(out, INFO_FILE), "w", encoding="utf-8") as f:
         json.dump(info, f)
@@ -248,10 +253,46 @@ class TokenFile:
                                 f"{self.counts[s]:,} {self.dtype.name} tokens in info.json "
                                 "(another dtype, or a truncated file)")
 
-    def tokens(self, split: str) -> np.ndarray:
-        """The ids of ``split`` as a read-only memory map [N] of the file's dtype."""
-        return np.memmap(os.path.join(self.path, f"{split}.bin"), self.dtype, mode="r",
-                         shape=(self.counts[split],))
+    def tokens(self, split: str) -> "MappedTokens":
+        """The ids of ``split``: a read-only memory map [N] of the file's dtype."""
+        return MappedTokens(os.path.join(self.path, f"{split}.bin"), self.dtype,
+                            self.counts[split])
 
     def tokenizer(self):
         return load_tokenizer_file(self.tokenizer_path)
+
+
+class MappedTokens:
+    """A token file as an array [N] that maps the file on first use and pickles as its path,
+    so Grain worker processes map it too instead of each receiving a copy of the corpus.
+
+    The map is advised ``MADV_RANDOM``: training reads scattered windows, and the kernel's
+    read-ahead around each would fault in (and keep resident) pages no window needs.
+    """
+
+    def __init__(self, path: str, dtype: np.dtype, count: int):
+        self.path, self.dtype, self.count = path, np.dtype(dtype), int(count)
+        self._array = None
+
+    @property
+    def array(self) -> np.memmap:
+        if self._array is None:
+            import mmap
+            self._array = np.memmap(self.path, self.dtype, mode="r", shape=(self.count,))
+            raw = getattr(self._array, "_mmap", None)
+            if raw is not None and hasattr(mmap, "MADV_RANDOM"):
+                raw.madvise(mmap.MADV_RANDOM)
+        return self._array
+
+    def __getstate__(self):
+        return {"path": self.path, "dtype": self.dtype, "count": self.count, "_array": None}
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index):
+        return self.array[index]
+
+    def __array__(self, dtype=None, copy=None):
+        a = np.asarray(self.array)
+        return a if dtype is None else a.astype(dtype)
