@@ -1,7 +1,8 @@
 """Grain pipelines: checkpointable, per-process train iterators and padded eval iterators.
 
 Train (images): a Grain ``MapDataset`` of example ids, ``shuffle`` (a fresh global permutation
-every epoch, Grain's index shuffle), ``repeat``, ``batch`` into per-process slices of the global
+every epoch, Grain's index shuffle; in-memory sets use :class:`EpochPermutations`, vectorised,
+with the same meaning), ``repeat``, ``batch`` into per-process slices of the global
 batch and ``[process_index::process_count]``, then a batch-level read of a random-access source
 (:mod:`jaxgen.data.images`: one vectorised gather for in-memory arrays, one record per example
 for ArrayRecord and TFDS) and augmentation: global batch ``b`` holds positions
@@ -27,6 +28,7 @@ import grain
 import jax
 import numpy as np
 
+from jaxgen.config import DataConfig
 from jaxgen.data import images as images_lib
 from jaxgen.data import text as text_lib
 from jaxgen.data.tokenizers import make_tokenizer
@@ -50,21 +52,6 @@ def per_process(global_batch: int, process_count: int, what: str) -> int:
         raise ValueError(f"data.{what}={global_batch} must be a positive multiple of the "
                          f"{process_count} processes")
     return global_batch // process_count
-
-
-@dataclasses.dataclass(frozen=True)
-class ReadSettings:
-    """How a train iterator reads: Grain worker processes (0: in this process), reader threads
-    and the prefetch buffer (batches per worker, elements per thread pool)."""
-
-    workers: int = 0
-    threads: int = 1
-    prefetch: int = 4
-
-    @classmethod
-    def of(cls, data: Any) -> "ReadSettings":
-        return cls(int(getattr(data, "workers", 0)), int(getattr(data, "threads", 1)),
-                   int(getattr(data, "prefetch", 4)))
 
 
 class EpochPermutations:
@@ -100,7 +87,7 @@ class EpochPermutations:
 
 def train_iterator(ids: "grain.MapDataset | EpochPermutations", make_batch: Callable,
                    batch_size: int, process_index: int, process_count: int,
-                   read: ReadSettings = ReadSettings(),
+                   read: DataConfig = DataConfig(),
                    augment: Any = None, seed: int = 0):
     """Per-process slices of global batches of an infinite dataset of example ids (or of
     :class:`EpochPermutations`, indexed by batch).
@@ -108,7 +95,8 @@ def train_iterator(ids: "grain.MapDataset | EpochPermutations", make_batch: Call
     Global batch ``b`` is ids ``b*B ... b*B+B-1``; this process gets the ``process_index``-th
     contiguous share of it (Grain's ``batch(per)[process_index::process_count]``), which
     ``make_batch`` (ids int64 [per] -> a batch, vectorised where the source allows) reads, and
-    ``augment`` (a Grain ``RandomMap`` seeded per batch) transforms.
+    ``augment`` (a Grain ``RandomMap`` seeded per batch) transforms. ``read`` gives the Grain
+    read settings (``data.workers``, ``data.threads``, ``data.prefetch``).
     """
     per = per_process(batch_size, process_count, "batch_size")
     if isinstance(ids, EpochPermutations):  # batch-indexed: this process's slice of batch b
@@ -151,7 +139,7 @@ class StepIndexedIterator:
     reader (and its worker processes) start on the first ``next``.
     """
 
-    def __init__(self, dataset: Any, position: int = 0, read: ReadSettings = ReadSettings()):
+    def __init__(self, dataset: Any, position: int = 0, read: DataConfig = DataConfig()):
         self._dataset, self.read = dataset, read
         self._it = None
         self.seek(position)
@@ -278,7 +266,7 @@ def image_datasets(data: Any, process_index: int, process_count: int) -> Dataset
         ids = ids.repeat()
     flip, pad = bool(getattr(data, "random_flip", False)), int(getattr(data, "random_crop", 0))
     train = train_iterator(ids, ReadImages(train_src, to_float), int(data.batch_size),
-                           process_index, process_count, ReadSettings.of(data),
+                           process_index, process_count, data,
                            augment=FlipCrop(flip, pad) if flip or pad else None,
                            seed=int(data.seed))
     info = {"kind": "image", "shape": tuple(train_src.shape),
@@ -368,7 +356,7 @@ def text_datasets(data: Any, process_index: int, process_count: int) -> Datasets
     train = train_iterator(grain.MapDataset.range(sys.maxsize // 2),
                            Windows(train_tokens, seq_len + 1, seed, int(tok.vocab_size), where),
                            int(data.batch_size), process_index, process_count,
-                           ReadSettings.of(data))
+                           data)
     info = {"kind": "text", "vocab_size": int(tok.vocab_size), "tokenizer": tok,
             "seq_len": seq_len, "num_train_tokens": len(train_tokens),
             "num_eval_tokens": int(n_windows * seq_len)}
