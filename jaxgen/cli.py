@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train an experiment (resumes an existing workdir)",
                        description="Train EXPERIMENT[:VARIANT] into WORKDIR. Running it again on "
                        "the same workdir resumes from the newest checkpoint.")
-    t.add_argument("experiment", metavar="EXPERIMENT[:VARIANT]",
+    t.add_argument("experiment", metavar="EXPERIMENT[:VARIANT]", nargs="?",
                    help="a recipe in experiments/ (e.g. vae_mnist, vae_mnist:smoke) or a .py file")
     t.add_argument("--workdir", help="run directory (default: workdirs/EXPERIMENT_VARIANT)")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -164,6 +164,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0,
                    help="text: encoding processes (default: one per CPU)")
 
+    for verb, what in (("import", "a Hugging Face causal LM folder (GPT-2, Llama) -> a jaxgen "
+                        "workdir that sample, eval and train (fine-tuning) use"),
+                       ("export", "a jaxgen LM workdir -> a Hugging Face folder that "
+                        "transformers.AutoModelForCausalLM.from_pretrained loads")):
+        x = sub.add_parser(verb, help=what.split(" -> ")[0].replace("a ", "", 1) + " " + verb,
+                           description=f"jaxgen {verb} hf: {what}.")
+        x.add_argument("format", choices=("hf",))
+        if verb == "import":
+            x.add_argument("path", metavar="PATH", help="folder with config.json, "
+                           "model.safetensors (or a sharded index) and tokenizer.json")
+            x.add_argument("--set", dest="overrides", action="append", default=[],
+                           metavar="KEY=VALUE", help="settings of the workdir's run, e.g. "
+                           "--set model.scan_layers=true --set mesh.fsdp=8 (repeatable)")
+        x.add_argument("--workdir", required=True, help="the workdir to write (import: new)")
+        if verb == "export":
+            x.add_argument("--out", required=True, metavar="DIR", help="the folder to write")
+
     b = sub.add_parser("bench", add_help=False, help="benchmark suite: attention | denoise | "
                        "train | input | all (jaxgen bench NAME --help)")
     b.add_argument("bench_args", nargs=argparse.REMAINDER, metavar="NAME [options]")
@@ -227,11 +244,19 @@ def _init_distributed(args) -> None:
 
 def cmd_train(args) -> int:
     from jaxgen import experiments, models
+    from jaxgen.errors import UsageError
     from jaxgen.train import host, loop
 
-    config = experiments.get_config(args.experiment)
-    workdir = args.workdir or os.path.join("workdirs", config.experiment.replace(":", "_")
-                                           .removesuffix("_default"))
+    if args.experiment is None:  # resume (or fine-tune) a workdir as it is
+        if not args.workdir or not os.path.exists(os.path.join(args.workdir, "config.json")):
+            raise UsageError("give an EXPERIMENT, or a --workdir that already holds a run "
+                             "(jaxgen import hf writes one)")
+        config = loop.load_config(args.workdir)
+        workdir = args.workdir
+    else:
+        config = experiments.get_config(args.experiment)
+        workdir = args.workdir or os.path.join("workdirs", config.experiment.replace(":", "_")
+                                               .removesuffix("_default"))
     loop.check_workdir(workdir, config)
     if os.path.exists(os.path.join(workdir, "config.json")):
         # Resuming: the workdir's own config is the base, so a resumed run continues exactly.
@@ -333,6 +358,23 @@ def cmd_sample(args) -> int:
     files = loop.write_samples(run, state, jax.random.PRNGKey(args.seed), args.num, args.out,
                                scale=args.scale)
     for f in files:
+        print(f)
+    return 0
+
+
+def cmd_import(args) -> int:
+    from jaxgen import hub
+
+    workdir = hub.import_hf(args.path, args.workdir, args.overrides)
+    print(f"imported {args.path} into {workdir} (step 0): jaxgen sample --workdir {workdir} "
+          "--out samples.txt")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from jaxgen import hub
+
+    for f in hub.export_hf(args.workdir, args.out):
         print(f)
     return 0
 
@@ -455,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     commands = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "bench": cmd_bench,
                 "list": cmd_list, "config": cmd_config, "compile": cmd_compile,
-                "prepare": cmd_prepare}
+                "prepare": cmd_prepare, "import": cmd_import, "export": cmd_export}
     if args.command in ("compile", "config"):
         # compile-only devices, or shapes only: never initialise a local accelerator or probe
         # for a TPU VM

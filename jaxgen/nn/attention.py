@@ -11,6 +11,8 @@ so decoding stays functional (no mutable Flax collections) and stacks naturally 
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -28,11 +30,53 @@ ACT_KV_HEADS = ("activation_batch", "activation_length", "activation_kv_heads", 
 KVCache = dict  # {"k": [B, S, K, H], "v": [B, S, K, H]}
 
 
-def rope_tables(positions: jax.Array, head_dim: int, base: float = 10000.0) -> tuple[jax.Array, jax.Array]:
-    """(sin, cos), each float32 [T, head_dim // 2], of rotary angles ``pos * base^(-2i/H)``."""
+ROPE_SCALINGS = ("none", "linear", "llama3")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """How the rotary frequencies are stretched for a longer context (hashable).
+
+    kind: none; linear (position interpolation, Chen et al. 2023: every frequency / factor);
+    llama3 (Meta's Llama 3.1 scaling: wavelengths longer than original_len / low_freq_factor
+    are divided by ``factor``, those shorter than original_len / high_freq_factor kept, and the
+    band between interpolated smoothly; as ``transformers``' "llama3" rope type).
+    """
+
+    kind: str = "none"
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_len: int = 8192
+
+
+def rope_frequencies(head_dim: int, base: float = 10000.0,
+                     scaling: RopeScaling = RopeScaling()) -> jax.Array:
+    """The rotary inverse wavelengths float32 [head_dim // 2]: ``base^(-2i/H)``, then scaled."""
+    if scaling.kind not in ROPE_SCALINGS:
+        raise ValueError(f"unknown rope scaling {scaling.kind!r}; use one of "
+                         f"{', '.join(ROPE_SCALINGS)}")
+    inv_freq = 1.0 / (base ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    if scaling.kind == "linear":
+        return inv_freq / scaling.factor
+    if scaling.kind == "llama3":
+        lo, hi, f = scaling.low_freq_factor, scaling.high_freq_factor, scaling.factor
+        wavelen = 2 * math.pi / inv_freq
+        scaled = jnp.where(wavelen > scaling.original_len / lo, inv_freq / f, inv_freq)
+        smooth = (scaling.original_len / wavelen - lo) / (hi - lo)
+        smoothed = (1 - smooth) * scaled / f + smooth * scaled
+        medium = (wavelen >= scaling.original_len / hi) & (wavelen <= scaling.original_len / lo)
+        return jnp.where(medium, smoothed, scaled)
+    return inv_freq
+
+
+def rope_tables(positions: jax.Array, head_dim: int, base: float = 10000.0,
+                scaling: RopeScaling = RopeScaling()) -> tuple[jax.Array, jax.Array]:
+    """(sin, cos), each float32 [T, head_dim // 2], of rotary angles ``pos * freq_i``
+    (:func:`rope_frequencies`)."""
     if head_dim % 2:
         raise ValueError(f"rotary embeddings need an even head dimension, got {head_dim}")
-    inv_freq = base ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+    inv_freq = rope_frequencies(head_dim, base, scaling)
     angles = positions.astype(jnp.float32)[:, None] * inv_freq[None, :]
     return jnp.sin(angles), jnp.cos(angles)
 

@@ -28,13 +28,15 @@ from jaxgen.train.workdir import write_atomic
 
 
 def lm_config(config: LMExperiment, data_info: dict) -> LMConfig:
-    """The model's :class:`LMConfig` with the data's vocabulary and, unless set, its length."""
+    """The model's :class:`LMConfig` with, unless set, the data's vocabulary and length (a
+    model's own vocabulary may be larger than its tokenizer's: padded, as many checkpoints'
+    embeddings are)."""
     m = config.model
     vocab = int(data_info["vocab_size"])
-    if m.vocab_size not in (0, vocab):
-        raise UsageError(f"model.vocab_size={m.vocab_size} disagrees with the tokenizer's "
+    if 0 < m.vocab_size < vocab:
+        raise UsageError(f"model.vocab_size={m.vocab_size} is smaller than the tokenizer's "
                          f"{vocab}; leave it 0 to take the data's")
-    return dataclasses.replace(m, vocab_size=vocab,
+    return dataclasses.replace(m, vocab_size=m.vocab_size or vocab,
                                max_len=m.max_len or int(data_info.get("seq_len", 0)))
 
 

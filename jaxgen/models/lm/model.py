@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxgen.nn.attention import SelfAttention, init_cache, rope_tables
+from jaxgen.nn.attention import ROPE_SCALINGS, RopeScaling, SelfAttention, init_cache, rope_tables
 from jaxgen.nn.kernels import KernelName
 from jaxgen.nn.layers import MLP, DType, dense_general, dtype_of, embed, norm
 from jaxgen.nn.partitioning import constrain
@@ -47,6 +47,12 @@ class LMConfig:
       norm: rmsnorm (Zhang & Sennrich 2019) or layernorm (Ba et al. 2016).
       positions: rope (rotary, Su et al. 2021) or learned (absolute, GPT-2).
       rope_base: the rotary embedding's base wavelength.
+      rope_scaling: none, linear (position interpolation) or llama3 (Llama 3.1's frequency
+        scaling); see :class:`jaxgen.nn.attention.RopeScaling`.
+      rope_factor: the scaling's factor (linear and llama3).
+      rope_low_freq_factor, rope_high_freq_factor, rope_original_len: llama3's band edges
+        (original context / factor) and the context the model was first trained at.
+      norm_eps: the normalisation's epsilon (0: 1e-6 for rmsnorm, 1e-5 for layernorm).
       tie_embeddings: the output head is the transposed token embedding (Press & Wolf 2017).
       use_bias: biases in the projections and the LayerNorms.
       dropout: dropout rate on the residual branches and the embeddings while training.
@@ -73,6 +79,12 @@ class LMConfig:
     norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
     positions: Literal["rope", "learned"] = "rope"
     rope_base: float = 10000.0
+    rope_scaling: Literal["none", "linear", "llama3"] = "none"
+    rope_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_len: int = 8192
+    norm_eps: float = 0.0
     tie_embeddings: bool = False
     use_bias: bool = False
     dropout: float = 0.0
@@ -99,6 +111,13 @@ class LMConfig:
             (0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}"),
             (self.mlp_hidden >= 0 and self.init_std > 0,
              "model.mlp_hidden must be >= 0 and model.init_std positive"),
+            (self.rope_scaling in ROPE_SCALINGS,
+             f"model.rope_scaling must be one of {', '.join(ROPE_SCALINGS)}"),
+            (self.rope_factor >= 1.0 and self.rope_original_len > 0
+             and self.rope_high_freq_factor > self.rope_low_freq_factor > 0,
+             "model.rope_factor must be >= 1, model.rope_original_len positive and "
+             "model.rope_high_freq_factor > model.rope_low_freq_factor > 0"),
+            (self.norm_eps >= 0, f"model.norm_eps must be >= 0, got {self.norm_eps}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -107,6 +126,15 @@ class LMConfig:
     @property
     def kv_heads(self) -> int:
         return self.num_kv_heads or self.num_heads
+
+    @property
+    def rope(self) -> RopeScaling:
+        return RopeScaling(self.rope_scaling, self.rope_factor, self.rope_low_freq_factor,
+                           self.rope_high_freq_factor, self.rope_original_len)
+
+    @property
+    def eps(self) -> Optional[float]:
+        return self.norm_eps or None
 
     @property
     def head_dim(self) -> int:
@@ -138,13 +166,13 @@ class Block(nn.Module):
         init = nn.initializers.normal(c.init_std)
         out_init = nn.initializers.normal(c.init_std / math.sqrt(2 * c.num_layers))  # GPT-2
         x = constrain(x, ACT)
-        h = norm(c.norm, use_bias=c.use_bias, name="attn_norm", **kw)(x)
+        h = norm(c.norm, use_bias=c.use_bias, eps=c.eps, name="attn_norm", **kw)(x)
         h, new_cache = SelfAttention(c.num_heads, c.kv_heads, c.head_dim, use_bias=c.use_bias,
                                      kernel=c.attention_kernel, kernel_init=init,
                                      out_init=out_init, name="attn", **kw)(h, rope, cache, mask,
                                                                              cache_index)
         x = x + nn.Dropout(c.dropout)(h, deterministic=self.deterministic)
-        h = norm(c.norm, use_bias=c.use_bias, name="mlp_norm", **kw)(x)
+        h = norm(c.norm, use_bias=c.use_bias, eps=c.eps, name="mlp_norm", **kw)(x)
         h = MLP(c.hidden, c.mlp, use_bias=c.use_bias, kernel_init=init, out_init=out_init,
                 name="mlp", **kw)(h)
         x = x + nn.Dropout(c.dropout)(h, deterministic=self.deterministic)
@@ -183,7 +211,7 @@ class Transformer(nn.Module):
                               dtype=c.dtype, param_dtype=c.param_dtype, name="pos_embed")
             x = x + pos_embed(positions).astype(dt)[None]
         x = constrain(nn.Dropout(c.dropout)(x, deterministic=deterministic), ACT)
-        rope = rope_tables(positions, c.head_dim, c.rope_base) if c.positions == "rope" else None
+        rope = rope_tables(positions, c.head_dim, c.rope_base, c.rope) if c.positions == "rope" else None
         mask = None
         if cache is not None:
             length = (cache["k"] if c.scan_layers else cache[0]["k"]).shape[-3]
@@ -205,7 +233,7 @@ class Transformer(nn.Module):
                 new_layers.append(lc)
             new_cache = None if cache is None else tuple(new_layers)
 
-        x = norm(c.norm, use_bias=c.use_bias, dtype=c.dtype, param_dtype=c.param_dtype,
+        x = norm(c.norm, use_bias=c.use_bias, eps=c.eps, dtype=c.dtype, param_dtype=c.param_dtype,
                  name="final_norm")(x)
         # The head accumulates in float32 (a bfloat16 model's logits are not rounded to bf16).
         if c.tie_embeddings:
