@@ -195,71 +195,32 @@ def test_unet_param_count_matches_diffusers_model():
     assert unet_param_count(UNetConfig(), (28, 28, 1)) == DIFFUSERS_UNET_28_PARAMS
 
 
-def _diffusers_name(path: tuple[str, ...], levels: int) -> str:
-    """Our parameter path -> the diffusers UNet2DModel state_dict name (without the leaf)."""
-    top, rest = path[0], list(path[1:])
-    fixed = {"conv_in": "conv_in", "conv_out": "conv_out", "norm_out": "conv_norm_out",
-             "time_embed": "time_embedding", "label_embed": "class_embedding",
-             "mid_res0": "mid_block.resnets.0", "mid_res1": "mid_block.resnets.1",
-             "mid_attn": "mid_block.attentions.0"}
-    if top in fixed:
-        head = fixed[top]
-    else:
-        way, lvl, kind, j = re.fullmatch(r"(down|up)(\d+)_([a-z]+?)(\d*)", top).groups()
-        block = int(lvl) if way == "down" else levels - 1 - int(lvl)
-        sub = {"res": f"resnets.{j}", "attn": f"attentions.{j}", "downsample": "downsamplers.0",
-               "upsample": "upsamplers.0"}[kind]
-        head = f"{way}_blocks.{block}.{sub}"
-    inner = {"emb_proj": "time_emb_proj", "skip": "conv_shortcut", "norm": "group_norm",
-             "out": "to_out.0"}
-    rest = [inner.get(r, r) for r in rest if r != "attn"]
-    return ".".join([head] + rest)
-
-
-def _port_from_torch(params, state_dict, levels):
-    """A copy of our params tree filled with a diffusers UNet2DModel's weights."""
-    sd = {k: v.detach().numpy() for k, v in state_dict.items()}
-
-    def leaf(path, value):
-        keys = tuple(p.key for p in path)[1:]  # drop "params"
-        name, kind = _diffusers_name(keys[:-1], levels), keys[-1]
-        if name.endswith("qkv"):
-            base = name[:-3]
-            suffix = "weight" if kind == "kernel" else "bias"
-            w = np.concatenate([sd[f"{base}to_{n}.{suffix}"] for n in "qkv"], axis=0)
-            return jnp.asarray((w.T if kind == "kernel" else w).reshape(value.shape))
-        w = sd[f"{name}.{'bias' if kind == 'bias' else 'weight'}"]
-        if name.endswith("to_out.0") and kind == "kernel":  # [D, D] -> [heads, head_dim, D]
-            return jnp.asarray(w.T.reshape(value.shape))
-        if kind == "embedding":  # diffusers has no null row: append a zero one
-            return jnp.asarray(np.concatenate([w, np.zeros((1, w.shape[1]), w.dtype)]))
-        if kind == "kernel":
-            w = w.transpose(2, 3, 1, 0) if w.ndim == 4 else w.T
-        assert w.shape == value.shape, (name, w.shape, value.shape)
-        return jnp.asarray(w)
-
-    return jax.tree_util.tree_map_with_path(leaf, params)
-
-
-def test_unet_matches_diffusers_numerically():
+def test_unet_matches_diffusers_numerically(tmp_path):
+    """A diffusers UNet2DModel saved with save_pretrained, loaded by jaxgen.hub.diffusers (the
+    config mapped to a UNetConfig, every tensor to its jaxgen parameter): equal outputs."""
     torch = pytest.importorskip("torch")
     diffusers = pytest.importorskip("diffusers")
+    from jaxgen.hub.diffusers import load_diffusers
+
     torch.manual_seed(0)
     model = diffusers.UNet2DModel(
         sample_size=8, in_channels=1, out_channels=2, block_out_channels=(32, 64),
         layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
         up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8, num_class_embeds=3).eval()
-    cfg = UNetConfig(block_channels=(32, 64), layers_per_block=1, attention_levels=(False, True),
-                     num_classes=3, norm_groups=8, out_channels=2, attention_kernel="reference")
+    model.save_pretrained(str(tmp_path))
+    loaded = load_diffusers(str(tmp_path), attention_kernel="reference")
+    assert loaded.model.config == UNetConfig(
+        block_channels=(32, 64), layers_per_block=1, attention_levels=(False, True),
+        num_classes=3, norm_groups=8, out_channels=2, zero_init=False,
+        attention_kernel="reference")
+    assert loaded.shape == (8, 8, 1)
     x, t = _inputs()
     labels = np.array([2, 0], np.int32)
-    params = nn.meta.unbox(jax.eval_shape(lambda: UNet(cfg).init(jax.random.key(0), x, t, labels)))
-    params = _port_from_torch(params, model.state_dict(), cfg.levels)
-    ours = jax.jit(UNet(cfg).apply)(params, x, t, labels)
+    ours = jax.jit(loaded.model.apply)(loaded.params, x, t, labels)
     with torch.no_grad():
         theirs = model(torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()),
                        torch.from_numpy(np.array(t)), class_labels=torch.from_numpy(labels)).sample
-    np.testing.assert_allclose(ours, theirs.numpy().transpose(0, 2, 3, 1), rtol=2e-4, atol=2e-4)
+    np.testing.assert_allclose(ours, theirs.numpy().transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-4)
 
 
 def test_dit_shapes_and_null_label():

@@ -77,7 +77,7 @@ def test_unconditional_model_refuses_guidance_and_labels():
 
 
 @pytest.mark.parametrize("overrides, match", [
-    (("diffusion.schedule=quadratic",), "expected one of linear, cosine"),
+    (("diffusion.schedule=quadratic",), "expected one of linear, scaled_linear, cosine"),
     (("diffusion.parameterization=score",), "expected one of eps, v, x0, edm"),
     (("model.backbone=resnet",), "expected one of unet, dit"),
     (("sample.sampler=rk4",), "expected one of ddpm, ddim, dpmpp_2m, euler, heun"),

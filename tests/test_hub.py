@@ -310,3 +310,86 @@ def test_fine_tuning_an_imported_workdir_resumes_bit_identically_after_sigkill(h
     before = hub.load_hf(folder).params  # and fine-tuning changed the weights
     assert not np.allclose(np.asarray(a.params["embed"]["embedding"]),
                            np.asarray(before["embed"]["embedding"]))
+
+
+# ----------------------------------------------------------------------------- diffusers
+@pytest.mark.parametrize("scheduler", ["DDPMScheduler", "DDIMScheduler"])
+def test_diffusers_pipeline_samples_reproduce_diffusers(tmp_path, monkeypatch, scheduler):
+    """A UNet2DModel and a DDPM (clip_sample, leading spacing, steps_offset 1) or DDIM
+    (trailing spacing, v-prediction, scaled_linear betas) scheduler saved as a pipeline:
+    jaxgen's sampler over the scheduler's 50 timesteps and diffusers' own loop, from the same
+    initial noise (and, for DDPM, the same step noise), end within 1e-3."""
+    diffusers = pytest.importorskip("diffusers")
+    from jaxgen.hub import diffusers as hub_diffusers
+    from jaxgen.models.diffusion.objectives import sampling_sigmas
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(16, 32),
+        layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8).eval()
+    if scheduler == "DDPMScheduler":
+        sched = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=True,
+                                        steps_offset=1)
+        pipeline = diffusers.DDPMPipeline(unet=unet, scheduler=sched)
+    else:
+        sched = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear",
+                                        beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                                        prediction_type="v_prediction",
+                                        timestep_spacing="trailing")
+        pipeline = diffusers.DDIMPipeline(unet=unet, scheduler=sched)
+    pipeline.save_pretrained(str(tmp_path))
+    pipe = hub_diffusers.load_diffusers(str(tmp_path), attention_kernel="reference")
+    assert pipe.sampler.sampler == ("ddpm" if scheduler == "DDPMScheduler" else "ddim")
+
+    n, steps, rng = 2, 50, jax.random.key(7)
+    ours = np.asarray(hub_diffusers.sample(pipe, rng, n, steps))
+    # jaxgen's randomness (samplers.init_state / sampler_step_fn): x = sigma_0 eps with eps from
+    # split(rng)[0], the VP state x / sqrt(1 + sigma_0^2); step i's noise from fold_in(k, i)
+    k_init, k_steps = jax.random.split(rng)
+    sigma0 = float(sampling_sigmas(pipe.diffusion, steps)[0])
+    x = (np.asarray(jax.random.normal(k_init, (n, 8, 8, 1))) * sigma0
+         / np.sqrt(1 + sigma0 ** 2)).astype(np.float32)
+    step_noise = iter(np.asarray(jax.random.normal(jax.random.fold_in(k_steps, i), (n, 8, 8, 1)))
+                      for i in range(steps))
+    module = sys.modules[type(sched).__module__]
+    monkeypatch.setattr(module, "randn_tensor", lambda shape, **kw: torch.from_numpy(
+        next(step_noise).transpose(0, 3, 1, 2).copy()))
+    sched = type(sched).from_pretrained(str(tmp_path), subfolder="scheduler")
+    sched.set_timesteps(steps)
+    np.testing.assert_array_equal(
+        sched.timesteps.numpy(),
+        __import__("jaxgen.models.diffusion.schedules", fromlist=["x"]).discrete_timesteps(
+            pipe.diffusion.noise_schedule, steps, pipe.diffusion.timestep_spacing,
+            pipe.diffusion.steps_offset))
+    sample = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+    with torch.no_grad():
+        for t in sched.timesteps:
+            out = unet(sample, t).sample
+            sample = sched.step(out, t, sample).prev_sample
+            if scheduler == "DDIMScheduler":
+                next(step_noise)  # keep the iterator aligned (DDIM eta 0 draws nothing)
+    theirs = sample.numpy().transpose(0, 2, 3, 1)
+    print("max abs difference", np.abs(ours - theirs).max())
+    assert np.abs(ours - theirs).max() < 1e-3, np.abs(ours - theirs).max()
+    assert np.abs(theirs).max() > 0.1  # not a trivial all-zero match
+
+
+def test_diffusers_settings_without_a_jaxgen_equivalent_are_refused():
+    from jaxgen.hub import diffusers as hub_diffusers
+
+    for cfg, match in (({"_class_name": "EulerDiscreteScheduler"}, "_class_name"),
+                       ({"_class_name": "DDPMScheduler", "thresholding": True}, "thresholding"),
+                       ({"_class_name": "DDPMScheduler", "variance_type": "learned"},
+                        "variance_type"),
+                       ({"_class_name": "DDIMScheduler", "set_alpha_to_one": False},
+                        "set_alpha_to_one")):
+        with pytest.raises(UsageError, match=match):
+            hub_diffusers.scheduler_settings(cfg)
+    base = {"block_out_channels": [32, 64], "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+            "up_block_types": ["AttnUpBlock2D", "UpBlock2D"]}
+    for change, match in (({"resnet_time_scale_shift": "scale_shift"}, "resnet_time_scale_shift"),
+                          ({"down_block_types": ["SkipDownBlock2D", "DownBlock2D"]}, "SkipDown"),
+                          ({"up_block_types": ["UpBlock2D", "AttnUpBlock2D"]}, "mirrors")):
+        with pytest.raises(UsageError, match=match):
+            hub_diffusers.unet_config_from_diffusers(dict(base, **change))

@@ -30,7 +30,7 @@ import numpy as np
 
 from jaxgen.errors import DataError, UsageError
 from jaxgen.hub import hf_lm
-from jaxgen.hub.safetensors_io import SafetensorsFiles, save_file
+from jaxgen.hub.safetensors_io import SafetensorsFiles, read_json, save_file
 
 log = logging.getLogger("jaxgen.hub")
 HF_CONFIG_FILE = "hf_config.json"  # the imported checkpoint's own config.json, kept for export
@@ -48,19 +48,10 @@ class HFModel(NamedTuple):
 
 def read_hf_config(path: str) -> dict:
     """The folder's config.json as a dict; DataError when it is missing or not JSON."""
-    file = os.path.join(path, "config.json")
     if not os.path.isdir(path):
         raise DataError(f"{path} is not a directory (a Hugging Face model folder)")
-    try:
-        with open(file, encoding="utf-8") as f:
-            config = json.load(f)
-    except FileNotFoundError:
-        raise DataError(f"{path} has no config.json (not a Hugging Face model folder)") from None
-    except (OSError, ValueError) as e:
-        raise DataError(f"{file} cannot be read as JSON ({e})") from None
-    if not isinstance(config, dict):
-        raise DataError(f"{file} is not a JSON object")
-    return config
+    return read_json(os.path.join(path, "config.json"),
+                     f"{path} has no config.json (not a Hugging Face model folder)")
 
 
 def experiment_of(path: str, overrides: Sequence[str] = ()) -> Any:

@@ -123,6 +123,21 @@ class SafetensorsFiles:
         return out
 
 
+def read_json(path: str, missing: str = "") -> dict:
+    """A JSON object file as a dict; DataError (``missing`` or "PATH is missing") when it is
+    absent, unreadable or not an object."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            out = json.load(f)
+    except FileNotFoundError:
+        raise DataError(missing or f"{path} is missing") from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path} cannot be read as JSON ({e})") from None
+    if not isinstance(out, dict):
+        raise DataError(f"{path} is not a JSON object")
+    return out
+
+
 def save_file(tensors: dict[str, np.ndarray], path: str, metadata: dict | None = None) -> None:
     """Writes ``tensors`` (numpy, any dtype of :data:`DTYPES`) as one safetensors file,
     atomically (a temporary file renamed into place)."""

@@ -46,9 +46,14 @@ class DiffusionConfig:
     Attributes:
       parameterization: eps, v, x0 (discrete-time VP models on ``schedule``) or edm
         (continuous sigma, preconditioned as in Karras et al. 2022, using ``edm``).
-      schedule: the discrete-time noise schedule: linear (Ho et al. 2020) or cosine (Nichol &
-        Dhariwal 2021); unused by edm.
+      schedule: the discrete-time noise schedule: linear (Ho et al. 2020), scaled_linear
+        (Rombach et al. 2022) or cosine (Nichol & Dhariwal 2021); unused by edm.
       timesteps: T, the number of diffusion timesteps of the schedule.
+      beta_start, beta_end: the (scaled) linear schedule's first and last beta.
+      timestep_spacing: the sampling grid's timesteps: linspace (T-1 down to 0, both
+        included), leading or trailing (diffusers' spacings, T // steps apart; see
+        :func:`schedules.discrete_timesteps`).
+      steps_offset: added to leading timesteps (diffusers' ``steps_offset``).
       x0_weighting: snr_trunc (max(SNR, 1), Salimans & Ho 2022) or plain; parameterization x0
         only.
       cond_drop_prob: probability of replacing a label by the null label during training
@@ -66,8 +71,12 @@ class DiffusionConfig:
     """
 
     parameterization: Literal["eps", "v", "x0", "edm"] = "eps"
-    schedule: Literal["linear", "cosine"] = "cosine"
+    schedule: Literal["linear", "scaled_linear", "cosine"] = "cosine"
     timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    timestep_spacing: Literal["linspace", "leading", "trailing"] = "linspace"
+    steps_offset: int = 0
     x0_weighting: Literal["snr_trunc", "plain"] = "snr_trunc"
     cond_drop_prob: float = 0.1
     null_label: Optional[int] = None
@@ -79,6 +88,12 @@ class DiffusionConfig:
         if self.sample_sigma_max < 0:
             raise ValueError(f"diffusion.sample_sigma_max must be >= 0 (0: no cap), got "
                              f"{self.sample_sigma_max}")
+        if not 0.0 < self.beta_start < self.beta_end < 1.0:
+            raise ValueError(f"diffusion.beta_start ({self.beta_start}) and beta_end "
+                             f"({self.beta_end}) must satisfy 0 < beta_start < beta_end < 1")
+        if self.timestep_spacing not in sch.SPACINGS or self.steps_offset < 0:
+            raise ValueError(f"diffusion.timestep_spacing must be one of {', '.join(sch.SPACINGS)} "
+                             f"and diffusion.steps_offset >= 0")
         if self.parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"unknown parameterization {self.parameterization!r}; expected one "
                              f"of {PARAMETERIZATIONS}")
@@ -93,7 +108,7 @@ class DiffusionConfig:
     @property
     def noise_schedule(self) -> sch.Schedule:
         """The discrete-time schedule as the maths of :mod:`schedules` takes it."""
-        return sch.Schedule(self.schedule, self.timesteps)
+        return sch.Schedule(self.schedule, self.timesteps, self.beta_start, self.beta_end)
 
     @property
     def discrete(self) -> bool:
@@ -236,7 +251,8 @@ def sampling_sigmas(cfg: DiffusionConfig, steps: int) -> jax.Array:
     if cfg.parameterization == "edm":
         e = cfg.edm
         return sch.karras_sigmas(steps, e.sigma_min, e.sigma_max, e.rho)
-    sigmas = sch.discrete_sigmas(cfg.noise_schedule, steps)
+    sigmas = sch.discrete_sigmas(cfg.noise_schedule, steps, cfg.timestep_spacing,
+                                 cfg.steps_offset)
     if cfg.sample_sigma_max > 0:
         top = jnp.maximum(cfg.sample_sigma_max, sigmas[1] * 1.0001)
         sigmas = sigmas.at[0].set(jnp.minimum(sigmas[0], top))

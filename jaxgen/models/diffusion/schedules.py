@@ -6,6 +6,8 @@ Arrays here are indexed by the timestep index ``t`` in {0, ..., T-1}; index ``t`
 timestep t+1 (so ``alphas_cumprod(s)[0] = 1 - beta_1``, and Ho's x_0 is the clean data).
 
 - "linear": betas = linspace(1e-4, 0.02, T) (Ho et al. 2020, Sec. 4), T = 1000.
+- "scaled_linear": betas = linspace(sqrt(beta_start), sqrt(beta_end), T)^2 (Latent/Stable
+  Diffusion's, Rombach et al. 2022; diffusers' "scaled_linear").
 - "cosine": abar(t) = f(t) / f(0), f(t) = cos^2(((t/T + s) / (1 + s)) * pi/2), s = 0.008, betas
   1 - abar(t)/abar(t-1) clipped at 0.999 (Nichol & Dhariwal 2021, "Improved DDPM", Eq. 17).
 
@@ -29,7 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SCHEDULE_KINDS = ("linear", "cosine")
+SCHEDULE_KINDS = ("linear", "scaled_linear", "cosine")
+SPACINGS = ("linspace", "leading", "trailing")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,9 +40,10 @@ class Schedule:
     """A discrete-time VP noise schedule (hashable: pass it into jitted code as a static value).
 
     Attributes:
-      kind: "linear" (Ho et al. 2020) or "cosine" (Nichol & Dhariwal 2021).
+      kind: "linear" (Ho et al. 2020), "scaled_linear" (Rombach et al. 2022) or "cosine"
+        (Nichol & Dhariwal 2021).
       num_steps: T, the number of diffusion timesteps.
-      beta_start, beta_end: the linear schedule's end points.
+      beta_start, beta_end: the (scaled) linear schedule's end points.
       cosine_s: the cosine schedule's offset s.
       max_beta: the cosine schedule's clip on beta.
     """
@@ -63,6 +67,9 @@ def betas_np(schedule: Schedule) -> np.ndarray:
     t_count = schedule.num_steps
     if schedule.kind == "linear":
         return np.linspace(schedule.beta_start, schedule.beta_end, t_count, dtype=np.float64)
+    if schedule.kind == "scaled_linear":
+        return np.linspace(schedule.beta_start ** 0.5, schedule.beta_end ** 0.5, t_count,
+                           dtype=np.float64) ** 2
     s = schedule.cosine_s
     steps = np.arange(t_count + 1, dtype=np.float64) / t_count
     f = np.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
@@ -119,21 +126,42 @@ def sigma_to_t(schedule: Schedule, sigma: jax.Array) -> jax.Array:
     return idx.astype(jnp.float32) + w
 
 
-def discrete_timesteps(schedule: Schedule, steps: int) -> np.ndarray:
-    """``steps`` timestep indices evenly spaced from T-1 down to 0 (both included when
-    steps >= 2; [T-1] when steps == 1), int32 [steps]: the "trailing" spacing that starts at the
-    last timestep (Lin et al. 2024, "Common Diffusion Noise Schedules ...", Table 2)."""
+def discrete_timesteps(schedule: Schedule, steps: int, spacing: str = "linspace",
+                       offset: int = 0) -> np.ndarray:
+    """``steps`` timestep indices, decreasing, int32 [steps], with diffusers' spacings (Lin et
+    al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Table 2):
+
+    - linspace: evenly spaced from T-1 down to 0, both included (steps >= 2; [T-1] for 1);
+    - leading: multiples of T // steps from 0 up, plus ``offset`` (diffusers' default
+      ``steps_offset``): 980, 960, ..., 0 for T = 1000 and 50 steps;
+    - trailing: round(T - k T / steps) - 1, starting at the last timestep: 999, 979, ..., 19.
+
+    With leading and trailing spacing the steps are T // steps apart, so the sampler's next grid
+    point is diffusers' ``previous_timestep`` and the step after the last goes to abar = 1.
+    """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if steps > schedule.num_steps:
         raise ValueError(f"steps={steps} exceeds the schedule's {schedule.num_steps} timesteps")
-    return np.round(np.linspace(schedule.num_steps - 1, 0, steps)).astype(np.int32)
+    t_count = schedule.num_steps
+    if spacing == "linspace":
+        ts = np.round(np.linspace(t_count - 1, 0, steps))
+    elif spacing == "leading":
+        ts = (np.arange(steps) * (t_count // steps)).round()[::-1] + offset
+    elif spacing == "trailing":
+        ts = np.round(np.arange(t_count, 0, -t_count / steps)) - 1
+    else:
+        raise ValueError(f"unknown timestep spacing {spacing!r}; use one of {', '.join(SPACINGS)}")
+    if ts.max() >= t_count or ts.min() < 0:
+        raise ValueError(f"{spacing} spacing with offset {offset} leaves [0, {t_count})")
+    return ts.astype(np.int32)
 
 
-def discrete_sigmas(schedule: Schedule, steps: int) -> jax.Array:
+def discrete_sigmas(schedule: Schedule, steps: int, spacing: str = "linspace",
+                    offset: int = 0) -> jax.Array:
     """Sampling grid of a discrete-time model: its own sigmas at ``discrete_timesteps`` followed
     by a final 0, float32 [steps + 1], decreasing."""
-    s = sigmas(schedule)[discrete_timesteps(schedule, steps)]
+    s = sigmas(schedule)[discrete_timesteps(schedule, steps, spacing, offset)]
     return jnp.concatenate([s, jnp.zeros((1,), jnp.float32)])
 
 
