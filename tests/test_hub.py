@@ -393,3 +393,12 @@ def test_diffusers_settings_without_a_jaxgen_equivalent_are_refused():
                           ({"up_block_types": ["UpBlock2D", "AttnUpBlock2D"]}, "mirrors")):
         with pytest.raises(UsageError, match=match):
             hub_diffusers.unet_config_from_diffusers(dict(base, **change))
+
+
+def test_a_vocabulary_padded_past_the_tokenizer_never_samples_a_padding_id():
+    logits = jnp.array([[0.0, 1.0, 2.0, 9.0, 9.0]] * 64)  # ids 3 and 4: padding rows
+    for strategy in (make_strategy(greedy=True, vocab_limit=3),
+                     make_strategy(temperature=5.0, top_k=4, vocab_limit=3)):
+        ids = np.asarray(strategy(logits, jax.random.key(0)))
+        assert ids.max() < 3
+    assert int(make_strategy(greedy=True)(logits, jax.random.key(0))[0]) == 3  # unlimited

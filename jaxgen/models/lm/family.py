@@ -144,8 +144,10 @@ class LMFamily(LossFamily):
         """Tokens int32 [n, P + max_new_tokens]: the prompt and its continuations."""
         o = options or self.config.sample
         prompt = self._prompt(o)
+        tok_vocab = getattr(self.tokenizer, "vocab_size", self.cfg.vocab_size)
         strategy = make_strategy(greedy=o.greedy, temperature=o.temperature, top_k=o.top_k,
-                                 top_p=o.top_p)
+                                 top_p=o.top_p,
+                                 vocab_limit=tok_vocab if tok_vocab < self.cfg.vocab_size else 0)
         params = sampling_params(state)
         if o.gather_fsdp:
             params = self.gathered_over_fsdp(params)

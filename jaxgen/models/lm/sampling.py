@@ -97,9 +97,26 @@ class Sample:
         return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
+@dataclasses.dataclass(frozen=True)
+class VocabLimit:
+    """``strategy`` over ids below ``n`` only: a model whose embedding table is padded past its
+    tokenizer's vocabulary (as many checkpoints' are) never draws a padding id."""
+
+    n: int
+    strategy: Strategy
+
+    def __call__(self, logits: jax.Array, rng: jax.Array) -> jax.Array:
+        visible = jnp.arange(logits.shape[-1]) < self.n
+        return self.strategy(jnp.where(visible, logits, -jnp.inf), rng)
+
+
 def make_strategy(*, greedy: bool = False, temperature: float = 1.0, top_k: int = 0,
-                  top_p: float = 1.0) -> Strategy:
-    """Greedy (also for temperature 0), or temperature then top-k (k > 0) then top-p (p < 1)."""
+                  top_p: float = 1.0, vocab_limit: int = 0) -> Strategy:
+    """Greedy (also for temperature 0), or temperature then top-k (k > 0) then top-p (p < 1);
+    with ``vocab_limit`` > 0 only ids below it are drawn."""
+    if vocab_limit:
+        return VocabLimit(vocab_limit, make_strategy(greedy=greedy, temperature=temperature,
+                                                     top_k=top_k, top_p=top_p))
     if greedy or temperature == 0:
         return Greedy()
     procs: list = []
