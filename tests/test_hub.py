@@ -402,3 +402,38 @@ def test_a_vocabulary_padded_past_the_tokenizer_never_samples_a_padding_id():
         ids = np.asarray(strategy(logits, jax.random.key(0)))
         assert ids.max() < 3
     assert int(make_strategy(greedy=True)(logits, jax.random.key(0))[0]) == 3  # unlimited
+
+
+def test_autoencoder_kl_matches_diffusers(tmp_path):
+    """diffusers' AutoencoderKL (2 levels, latent 1/2 the size) saved and loaded into jaxgen's
+    AutoencoderKL: posterior mean and log-variance, decoded images and the KL term (against
+    the closed form diffusers' DiagonalGaussianDistribution.kl computes) agree to 1e-4."""
+    diffusers = pytest.importorskip("diffusers")
+    from jaxgen.hub import diffusers as hub_diffusers
+    from jaxgen.nn.autoencoder import kl_to_standard_normal
+
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(
+        in_channels=1, out_channels=1, block_out_channels=(16, 32), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=2, norm_num_groups=8, sample_size=8).eval()
+    with torch.no_grad():  # random norms and biases, so no zero or one hides a mapping error
+        for p in vae.parameters():
+            if p.ndim == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    vae.save_pretrained(str(tmp_path))
+    model, params = hub_diffusers.load_autoencoder(str(tmp_path), attention_kernel="reference")
+    assert model.config.factor == 2 and model.config.latent_channels == 2
+    x = np.random.default_rng(0).standard_normal((2, 8, 8, 1)).astype(np.float32)
+    mean, logvar = jax.jit(lambda p, x: model.apply(p, x, method=model.encode))(params, x)
+    z = np.random.default_rng(1).standard_normal((2, 4, 4, 2)).astype(np.float32)
+    decoded = jax.jit(lambda p, z: model.apply(p, z, method=model.decode))(params, z)
+    with torch.no_grad():
+        dist = vae.encode(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).latent_dist
+        theirs = vae.decode(torch.from_numpy(z.transpose(0, 3, 1, 2).copy())).sample.numpy()
+    nhwc = (0, 2, 3, 1)
+    np.testing.assert_allclose(mean, dist.mean.numpy().transpose(nhwc), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(logvar, dist.logvar.numpy().transpose(nhwc), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(decoded, theirs.transpose(nhwc), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(kl_to_standard_normal(mean, logvar), dist.kl().numpy(),
+                               rtol=1e-4)

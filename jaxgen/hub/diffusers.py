@@ -17,7 +17,8 @@ jaxgen equivalent is refused in one line naming it.
 Clipping differs in one case: with ``clip_sample`` jaxgen's DDIM builds both the x0 term and the
 direction from the clipped x0 (diffusers' ``use_clipped_model_output=True``); diffusers' default
 DDIM keeps the raw prediction in the direction. DDPM's clipping is the same in both.
-``AutoencoderKL`` waits for jaxgen's autoencoder family (the latent-diffusion issue).
+``AutoencoderKL`` folders load into :class:`jaxgen.nn.autoencoder.AutoencoderKL`
+(:func:`load_autoencoder`); the family that trains one comes with latent diffusion.
 """
 from __future__ import annotations
 
@@ -91,32 +92,50 @@ def unet_config_from_diffusers(cfg: dict) -> tuple[Any, tuple[int, int, int]]:
     return unet, (int(size[0]), int(size[1]), int(cfg.get("in_channels", 3)))
 
 
+INNER = {"emb_proj": "time_emb_proj", "skip": "conv_shortcut", "norm": "group_norm",
+         "out": "to_out.0"}
+MIDDLE = {"conv_in": "conv_in", "conv_out": "conv_out", "norm_out": "conv_norm_out",
+          "mid_res0": "mid_block.resnets.0", "mid_res1": "mid_block.resnets.1",
+          "mid_attn": "mid_block.attentions.0"}
+BLOCK = re.compile(r"(down|up)(\d+)_([a-z]+?)(\d*)")
+
+
+def _block_name(part: str, up_index) -> str:
+    """``down1_res0`` -> ``down_blocks.1.resnets.0`` (``up_index`` maps an up level to
+    diffusers' up_blocks index)."""
+    if part in MIDDLE:
+        return MIDDLE[part]
+    way, lvl, kind, j = BLOCK.fullmatch(part).groups()
+    block = int(lvl) if way == "down" else up_index(int(lvl))
+    sub = {"res": f"resnets.{j}", "attn": f"attentions.{j}", "downsample": "downsamplers.0",
+           "upsample": "upsamplers.0"}[kind]
+    return f"{way}_blocks.{block}.{sub}"
+
+
 def diffusers_name(path: tuple[str, ...], levels: int) -> str:
     """A jaxgen UNet parameter's module path -> the diffusers ``UNet2DModel`` state-dict name
     (without ".weight"/".bias")."""
     top, rest = path[0], list(path[1:])
-    fixed = {"conv_in": "conv_in", "conv_out": "conv_out", "norm_out": "conv_norm_out",
-             "time_embed": "time_embedding", "label_embed": "class_embedding",
-             "mid_res0": "mid_block.resnets.0", "mid_res1": "mid_block.resnets.1",
-             "mid_attn": "mid_block.attentions.0"}
-    if top in fixed:
-        head = fixed[top]
-    else:
-        way, lvl, kind, j = re.fullmatch(r"(down|up)(\d+)_([a-z]+?)(\d*)", top).groups()
-        block = int(lvl) if way == "down" else levels - 1 - int(lvl)
-        sub = {"res": f"resnets.{j}", "attn": f"attentions.{j}", "downsample": "downsamplers.0",
-               "upsample": "upsamplers.0"}[kind]
-        head = f"{way}_blocks.{block}.{sub}"
-    inner = {"emb_proj": "time_emb_proj", "skip": "conv_shortcut", "norm": "group_norm",
-             "out": "to_out.0"}
-    return ".".join([head] + [inner.get(r, r) for r in rest if r != "attn"])
+    fixed = {"time_embed": "time_embedding", "label_embed": "class_embedding"}
+    head = fixed.get(top) or _block_name(top, lambda lvl: levels - 1 - lvl)
+    return ".".join([head] + [INNER.get(r, r) for r in rest if r != "attn"])
 
 
-def unet_param(files: SafetensorsFiles, path: tuple[str, ...], shape: tuple[int, ...],
-               levels: int) -> np.ndarray:
-    """The jaxgen UNet parameter at ``path`` (module path + leaf name) from diffusers' tensors,
-    float32 of ``shape``; DataError naming the tensor on a mismatch."""
-    name, kind = diffusers_name(path[:-1], levels), path[-1]
+def autoencoder_name(path: tuple[str, ...]) -> str:
+    """A jaxgen :class:`AutoencoderKL` module path -> the diffusers ``AutoencoderKL`` name
+    (its decoder's up blocks are numbered as diffusers' already)."""
+    if path[0] in ("quant_conv", "post_quant_conv"):
+        return path[0]
+    head = _block_name(path[1], lambda b: b)
+    return ".".join([path[0], head] + [INNER.get(r, r) for r in path[2:] if r != "attn"])
+
+
+def diffusers_param(files: SafetensorsFiles, name: str, kind: str,
+                    shape: tuple[int, ...]) -> np.ndarray:
+    """The jaxgen parameter ``kind`` (kernel, bias, scale, embedding) of the diffusers module
+    ``name`` from its tensors, float32 of ``shape``; DataError naming the tensor on a
+    mismatch. A fused ``qkv`` is built from ``to_q``/``to_k``/``to_v``; convolution kernels go
+    from [O, I, kh, kw] to [kh, kw, I, O], dense ones from [O, I] to [I, O]."""
     suffix = "bias" if kind == "bias" else "weight"
     if name.endswith("qkv"):
         base = name[:-3]
@@ -138,6 +157,17 @@ def unet_param(files: SafetensorsFiles, path: tuple[str, ...], shape: tuple[int,
     return np.asarray(w.reshape(shape), np.float32)
 
 
+def _load(files: SafetensorsFiles, abstract: dict, name_of) -> dict:
+    """Every parameter of ``abstract`` (a Flax params tree of shapes) from ``files``, each read
+    and placed on the default device one at a time."""
+    from flax import traverse_util
+
+    flat = traverse_util.flatten_dict(abstract)
+    return traverse_util.unflatten_dict({
+        p: jax.device_put(diffusers_param(files, name_of(p[:-1]), p[-1], a.shape))
+        for p, a in flat.items()})
+
+
 def _get(files: SafetensorsFiles, name: str) -> np.ndarray:
     if name not in files:
         raise DataError(f"{files.path} has no tensor {name}")
@@ -148,7 +178,6 @@ def load_unet(path: str, attention_kernel: str = "auto") -> tuple[Any, Any, tupl
     """(UNet module, params, sample shape) of a ``UNet2DModel`` folder; each tensor is read
     and placed on the default device one at a time."""
     import flax.linen as nn
-    from flax import traverse_util
 
     from jaxgen.nn.unet import UNet
 
@@ -166,9 +195,62 @@ def load_unet(path: str, attention_kernel: str = "auto") -> tuple[Any, Any, tupl
     labels = None if not cfg.num_classes else jax.ShapeDtypeStruct((1,), np.int32)
     abstract = nn.meta.unbox(jax.eval_shape(
         lambda x, t, y: model.init(jax.random.key(0), x, t, y), x, t, labels))
-    flat = traverse_util.flatten_dict(abstract["params"])
-    params = {p: jax.device_put(unet_param(files, p, a.shape, cfg.levels)) for p, a in flat.items()}
-    return model, {"params": traverse_util.unflatten_dict(params)}, shape
+    params = _load(files, abstract["params"], lambda p: diffusers_name(p, cfg.levels))
+    return model, {"params": params}, shape
+
+
+def autoencoder_config_from_diffusers(cfg: dict) -> Any:
+    """The :class:`AutoencoderConfig` of an ``AutoencoderKL`` config dict."""
+    from jaxgen.nn.autoencoder import AutoencoderConfig
+
+    if cfg.get("_class_name", "AutoencoderKL") != "AutoencoderKL":
+        raise _refuse("_class_name", cfg.get("_class_name"), "not an AutoencoderKL")
+    if cfg.get("act_fn", "silu") != "silu":
+        raise _refuse("act_fn", cfg.get("act_fn"), "jaxgen's autoencoder uses silu")
+    down = list(cfg.get("down_block_types", ["DownEncoderBlock2D"]))
+    up = list(cfg.get("up_block_types", ["UpDecoderBlock2D"]))
+    if set(down) != {"DownEncoderBlock2D"}:
+        raise _refuse("down_block_types", down, "jaxgen's encoder levels are DownEncoderBlock2D")
+    if set(up) != {"UpDecoderBlock2D"} or len(up) != len(down):
+        raise _refuse("up_block_types", up, "jaxgen's decoder mirrors the encoder with "
+                      "UpDecoderBlock2D")
+    if cfg.get("use_quant_conv", True) != cfg.get("use_post_quant_conv", True):
+        raise _refuse("use_post_quant_conv", cfg.get("use_post_quant_conv"),
+                      "jaxgen has both 1x1 latent convolutions or neither")
+    return AutoencoderConfig(
+        block_channels=tuple(cfg.get("block_out_channels", (64,))),
+        layers_per_block=int(cfg.get("layers_per_block", 1)),
+        latent_channels=int(cfg.get("latent_channels", 4)),
+        in_channels=int(cfg.get("in_channels", 3)), out_channels=int(cfg.get("out_channels", 3)),
+        norm_groups=int(cfg.get("norm_num_groups", 32)),
+        mid_attention=bool(cfg.get("mid_block_add_attention", True)),
+        quant_conv=bool(cfg.get("use_quant_conv", True)),
+        scaling_factor=float(cfg.get("scaling_factor", 0.18215)))
+
+
+def load_autoencoder(path: str, attention_kernel: str = "auto") -> tuple[Any, Any]:
+    """(AutoencoderKL module, params) of a diffusers ``AutoencoderKL`` folder (or a pipeline
+    folder's ``vae/``)."""
+    import dataclasses
+
+    import flax.linen as nn
+
+    from jaxgen.nn.autoencoder import AutoencoderKL
+
+    if os.path.isdir(os.path.join(path, "vae")):
+        path = os.path.join(path, "vae")
+    cfg = dataclasses.replace(
+        autoencoder_config_from_diffusers(_read_json(os.path.join(path, "config.json"))),
+        attention_kernel=attention_kernel)
+    weights = os.path.join(path, WEIGHTS_FILE)
+    if not os.path.exists(weights):
+        raise DataError(f"{path} has no {WEIGHTS_FILE}")
+    files = SafetensorsFiles(weights)
+    model = AutoencoderKL(cfg)
+    f = cfg.factor
+    x = jax.ShapeDtypeStruct((1, 2 * f, 2 * f, cfg.in_channels), np.float32)
+    abstract = nn.meta.unbox(jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x))
+    return model, {"params": _load(files, abstract["params"], autoencoder_name)}
 
 
 def scheduler_settings(cfg: dict) -> tuple[Any, Any]:

@@ -180,7 +180,8 @@ def _resample(x: jax.Array, mode: str) -> jax.Array:
 
 
 class ResBlock(nn.Module):
-    """ADM residual block, x [B, H, W, C_in], emb [B, E] -> [B, H', W', out_channels].
+    """ADM residual block, x [B, H, W, C_in], emb [B, E] -> [B, H', W', out_channels]
+    (emb None: no embedding projection, diffusers' ``ResnetBlock2D(temb_channels=None)``).
 
     ``resample`` "down"/"up" resamples both branches after the first norm (BigGAN/ADM
     up/down resblocks); "none" keeps the size.
@@ -191,20 +192,23 @@ class ResBlock(nn.Module):
     resample: str = "none"
 
     @nn.compact
-    def __call__(self, x: jax.Array, emb: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, emb: jax.Array | None, train: bool = False) -> jax.Array:
         cfg, c = self.cfg, self.out_channels
         h = nn.silu(group_norm(cfg, x.shape[-1], "norm1")(x))
         h, x = _resample(h, self.resample), _resample(x, self.resample)
         h = _conv(cfg, c, 3, "conv1")(h)
-        e = dense(2 * c if cfg.scale_shift else c, ("embed", "conv_out"), name="emb_proj",
-                  kernel_init=DEFAULT_INIT, dtype=cfg.dtype, param_dtype=cfg.param_dtype)(
-                      nn.silu(emb))[:, None, None, :]
         norm2 = group_norm(cfg, c, "norm2")
-        if cfg.scale_shift:  # ADM: GroupNorm(h) * (1 + scale) + shift
-            scale, shift = jnp.split(e.astype(jnp.float32), 2, axis=-1)
-            h = norm2(h) * (1 + scale) + shift
-        else:  # DDPM / diffusers: add the embedding before the second norm
-            h = norm2(h + e)
+        if emb is None:  # unconditioned: the autoencoder's blocks
+            h = norm2(h)
+        else:
+            e = dense(2 * c if cfg.scale_shift else c, ("embed", "conv_out"), name="emb_proj",
+                      kernel_init=DEFAULT_INIT, dtype=cfg.dtype, param_dtype=cfg.param_dtype)(
+                          nn.silu(emb))[:, None, None, :]
+            if cfg.scale_shift:  # ADM: GroupNorm(h) * (1 + scale) + shift
+                scale, shift = jnp.split(e.astype(jnp.float32), 2, axis=-1)
+                h = norm2(h) * (1 + scale) + shift
+            else:  # DDPM / diffusers: add the embedding before the second norm
+                h = norm2(h + e)
         h = nn.Dropout(cfg.dropout, deterministic=not train)(nn.silu(h))
         h = _conv(cfg, c, 3, "conv2", zero=cfg.zero_init)(h)
         if x.shape[-1] != c:
