@@ -55,7 +55,45 @@ def parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
                    help="with --shapes (default both)")
     a.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                    help="with --shapes (default float32)")
+    d = p.add_argument_group("denoise --quality (benchmarks/denoise_quality.py)")
+    d.add_argument("--quality", action="store_true", help="fd_lenet against images/s for each "
+                   "sampler of a trained workdir, with diffusers' DDIM-50 as the speed peer")
+    d.add_argument("--workdir", help="the trained diffusion workdir --quality samples from "
+                   "(comma-separated: several, compared on the same points; the first leads)")
+    d.add_argument("--samples", type=int, help="samples per point and seed (default 1000)")
+    d.add_argument("--seeds", type=int, help="seeds per point (default 3)")
+    d.add_argument("--points", help="comma-separated sampler:steps[:key=value...] (extra "
+                   "sample.* settings, e.g. dpmpp_2m:20:grid=schedule); the first is the "
+                   "baseline (default: ddpm:50 first, then ddpm, ddim, dpmpp_2m, heun and euler "
+                   "at 5-100 network evaluations)")
+    d.add_argument("--peer-batch", type=int, help="images per timed call of the speed rows "
+                   "(default 100)")
     return p
+
+
+def denoise_options(args: argparse.Namespace) -> dict:
+    """Keywords of ``benchmarks.denoise.run`` (ValueError, one line, for a bad one)."""
+    quality_only = {"workdir": args.workdir, "samples": args.samples, "seeds": args.seeds,
+                    "points": args.points, "peer_batch": args.peer_batch}
+    given = [k for k, v in quality_only.items() if v is not None]
+    if not args.quality:
+        if given:
+            raise UsageError(f"--{given[0].replace('_', '-')} is an option of denoise --quality")
+        return {}
+    if args.name != "denoise":
+        raise UsageError(f"--quality is an option of the denoise benchmark, not {args.name}")
+    if not args.workdir:
+        raise UsageError("denoise --quality needs --workdir, a trained diffusion workdir")
+    for d in args.workdir.split(","):
+        if not os.path.isdir(d):
+            raise UsageError(f"--workdir {d} is not a directory")
+    for k in ("samples", "seeds", "peer_batch"):
+        v = quality_only[k]
+        if v is not None and v < (10 if k == "samples" else 1):
+            raise UsageError(f"--{k.replace('_', '-')} must be >= {10 if k == 'samples' else 1}")
+    from benchmarks.denoise_quality import parse_points
+    parse_points(args.points, args.quick)
+    return {"quality": True, **{k: v for k, v in quality_only.items() if v is not None}}
 
 
 def parse_shapes(text: str, causal: str, dtype: str) -> tuple[attention_grid.Case, ...]:
@@ -124,7 +162,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
     try:
         from benchmarks import suite
         suite.resolve(args.name)
-        options = {"attention": attention_options(args)}
+        options = {"attention": attention_options(args), "denoise": denoise_options(args)}
         cpu_devices = cpu_devices_for(args.name, args.cpu_devices)
     except ValueError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)

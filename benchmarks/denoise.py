@@ -366,8 +366,14 @@ def summarize(rows: list[dict], opts: Options) -> dict:
         "target_2x_met": bool(ours and ours.get("vs_peer") and ours["vs_peer"] >= 2.0)}
 
 
-def run(quick: bool) -> dict:
-    """The benchmark (contract of :mod:`benchmarks.suite`)."""
+def run(quick: bool, out: str | None = None, quality: bool = False, **quality_options) -> dict:
+    """The benchmark (contract of :mod:`benchmarks.suite`); ``quality``: the quality-vs-speed
+    benchmark of :mod:`benchmarks.denoise_quality` with ``quality_options`` instead (``out``,
+    the output directory, is not used)."""
+    del out
+    if quality:
+        from benchmarks import denoise_quality
+        return denoise_quality.run(quick, **quality_options)
     opts = options(quick)
     load = os.getloadavg()
     reason = peer_unavailable_reason()

@@ -1,8 +1,8 @@
 """Diffusion models on the embedded offline MNIST (4,000 train / 1,000 test digits, grayscale).
 
 Variants:
-  default  a class-conditional UNet (eps prediction, cosine schedule), sized to train on a
-           2-core CPU in minutes; sampled with DDPM ancestral steps, 50 of them.
+  default  a class-conditional UNet (v prediction, cosine schedule), sized to train on a
+           2-core CPU in minutes; sampled with the library's default sampler.
   dit      the same objective with a small DiT backbone (patch 4).
   edm      EDM preconditioning and loss (Karras et al. 2022), sampled with EDM Heun.
   smoke    a tiny model for a few steps, for tests of the CLI.

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import types
 
+import numpy as np
 import pytest
 
 from benchmarks import report, suite
@@ -372,3 +373,59 @@ def test_lm_step_profile_breakdown_sums_op_kinds_and_skips_enclosing_events(tmp_
     rows = {ln.split()[0]: ln.split()[1:3] for ln in lines[2:4]}
     assert rows == {"ynn_fusion": ["2.00", "1.0"], "all-reduce": ["1.00", "0.5"]}
     assert lines[4].split()[:3] == ["all", "ops", "3.00"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["denoise", "--workdir", "w"], "--workdir is an option of denoise --quality"),
+    (["denoise", "--quality"], "denoise --quality needs --workdir"),
+    (["attention", "--quality", "--workdir", "."], "--quality is an option of the denoise"),
+    (["denoise", "--quality", "--workdir", "/nonexistent"], "is not a directory"),
+    (["denoise", "--quality", "--workdir", ".", "--points", "ddim:0"], "--points takes"),
+    (["denoise", "--quality", "--workdir", ".", "--points", "plms:10"], "--points takes"),
+    (["denoise", "--quality", "--workdir", ".", "--points", "ddim:5:tau=1"],
+     "unknown sample setting(s) tau"),
+    (["denoise", "--quality", "--workdir", ".", "--samples", "3"], "--samples must be >= 10"),
+])
+def test_quality_bad_arguments_exit_2_with_one_line(argv, message, capsys):
+    assert bench_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_denoise_quality_quick_scores_every_point_of_a_trained_workdir(tmp_path):
+    """``denoise --quality --quick`` on a two-step smoke workdir: a quality row per point with
+    fd_lenet per seed, the floor at the same count, the ratio to the baseline (the first point),
+    and the speed rows with diffusers' DDIM at the baseline's steps as the peer (vs_peer 1 for
+    the peer itself)."""
+    w = str(tmp_path / "w")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run([sys.executable, "-m", "jaxgen.cli", "train", "diffusion_mnist:smoke",
+                           "--workdir", w, "--no-progress", "--set", "train.steps=2"],
+                          cwd=ROOT,
+                          env={**env, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = tmp_path / "q"
+    proc = _run("denoise", "--quality", "--quick", "--workdir", w, "--out", str(out),
+                "--points", "ddpm:4,dpmpp_2m:3", "--samples", "12")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record, md = _check_outputs(out, ["denoise"])
+    section = record["benchmarks"][0]
+    assert section["status"] == "ok", section["reason"]
+    quality = [r for r in section["rows"] if r["kind"] == "quality"]
+    assert [(r["sampler"], r["steps"], r["nfe"]) for r in quality] == [("ddpm", 4, 4),
+                                                                        ("dpmpp_2m", 3, 3)]
+    for r in quality:
+        assert len(r["fd_per_seed"]) == r["seeds"] == 2 and r["samples"] == 12
+        assert r["fd_mean"] == pytest.approx(np.mean(r["fd_per_seed"])) and r["fd_mean"] > 0
+        assert r["images_per_s"] > 0
+    assert quality[0]["fd_vs_baseline"] == 1.0
+    assert quality[1]["grid"] == "karras" and quality[0]["clip"] == "x0"
+    assert section["summary"]["floor_samples"] == 12
+    speed = {(r["impl"], r["sampler"], r["steps"]): r for r in section["rows"]
+             if r["kind"] == "speed" and "skipped" not in r}
+    assert speed[("diffusers", "ddim", 4)]["vs_peer"] == 1.0
+    assert ("jaxgen", "ddpm", 4) in speed
+    assert [k for k in speed if k[:2] == ("diffusers", "dpmpp_2m")]
+    assert sum(r.get("best", False) for r in speed.values()) == 1
+    assert "fd / baseline" in md and "vs diffusers DDIM" in md

@@ -316,7 +316,8 @@ def test_fine_tuning_an_imported_workdir_resumes_bit_identically_after_sigkill(h
 @pytest.mark.parametrize("scheduler", ["DDPMScheduler", "DDIMScheduler"])
 def test_diffusers_pipeline_samples_reproduce_diffusers(tmp_path, monkeypatch, scheduler):
     """A UNet2DModel and a DDPM (clip_sample, leading spacing, steps_offset 1) or DDIM
-    (trailing spacing, v-prediction, scaled_linear betas) scheduler saved as a pipeline:
+    (clip_sample with diffusers' default use_clipped_model_output=False, trailing spacing,
+    v-prediction, scaled_linear betas) scheduler saved as a pipeline:
     jaxgen's sampler over the scheduler's 50 timesteps and diffusers' own loop, from the same
     initial noise (and, for DDPM, the same step noise), end within 1e-3."""
     diffusers = pytest.importorskip("diffusers")
@@ -334,13 +335,14 @@ def test_diffusers_pipeline_samples_reproduce_diffusers(tmp_path, monkeypatch, s
         pipeline = diffusers.DDPMPipeline(unet=unet, scheduler=sched)
     else:
         sched = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear",
-                                        beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                                        beta_start=0.00085, beta_end=0.012, clip_sample=True,
                                         prediction_type="v_prediction",
                                         timestep_spacing="trailing")
         pipeline = diffusers.DDIMPipeline(unet=unet, scheduler=sched)
     pipeline.save_pretrained(str(tmp_path))
     pipe = hub_diffusers.load_diffusers(str(tmp_path), attention_kernel="reference")
     assert pipe.sampler.sampler == ("ddpm" if scheduler == "DDPMScheduler" else "ddim")
+    assert pipe.sampler.clip_mode == "x0" and pipe.diffusion.clip_x0
 
     n, steps, rng = 2, 50, jax.random.key(7)
     ours = np.asarray(hub_diffusers.sample(pipe, rng, n, steps))

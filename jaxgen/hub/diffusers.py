@@ -286,8 +286,12 @@ def scheduler_settings(cfg: dict) -> tuple[Any, Any]:
         beta_start=float(cfg.get("beta_start", 1e-4)), beta_end=float(cfg.get("beta_end", 0.02)),
         timestep_spacing=spacing, steps_offset=int(cfg.get("steps_offset", 0)),
         clip_x0=bool(cfg.get("clip_sample", True)), sample_sigma_max=0.0)
+    # diffusers clips the x0 term only (DDPM's posterior mean; DDIM's step with its default
+    # use_clipped_model_output=False keeps the raw eps as the direction): jaxgen's clip "x0".
     sampler = SamplerConfig(sampler="ddpm" if kind == "DDPMScheduler" else "ddim", steps=50,
-                            ddpm_variance="posterior" if variance == "fixed_small" else "beta")
+                            ddpm_variance="posterior" if variance == "fixed_small" else "beta",
+                            clip="x0" if cfg.get("clip_sample", True) else "none",
+                            grid="schedule")
     return diffusion, sampler
 
 
@@ -316,13 +320,12 @@ def sample(pipe: DiffusersModel, rng: jax.Array, n: int, steps: Optional[int] = 
     import dataclasses
 
     from jaxgen.models.diffusion import samplers
-    from jaxgen.models.diffusion.objectives import denoiser, sampling_sigmas
 
     if pipe.diffusion is None:
         raise UsageError("this folder has no scheduler; load a pipeline folder to sample")
     cfg = dataclasses.replace(pipe.sampler, **({"steps": steps} if steps else {}),
                               **sampler_options)
-    den = denoiser(lambda x, t, y: pipe.model.apply(pipe.params, x, t, y), pipe.diffusion)
-    sigmas = sampling_sigmas(pipe.diffusion, cfg.steps)
-    fn = jax.jit(lambda key: samplers.sample(den, (n, *pipe.shape), key, cfg, sigmas, labels))
+    fn = jax.jit(lambda key: samplers.sample_model(
+        lambda x, t, y: pipe.model.apply(pipe.params, x, t, y), pipe.diffusion, cfg,
+        (n, *pipe.shape), key, labels))
     return fn(rng)

@@ -32,8 +32,10 @@ from jaxgen.models.diffusion.samplers import (
     guided_denoiser,
     init_state,
     num_network_evals,
+    model_sigmas,
     python_loop_sampler,
     sample,
+    sample_model,
     sample_python_loop,
     sampler_step_fn,
 )
@@ -60,7 +62,7 @@ __all__ = [
     "discrete_timesteps", "discretized_gaussian_log_likelihood", "drop_labels", "edm_denoise",
     "edm_loss_weight", "edm_precond", "edm_sample_sigma", "gaussian_kl", "guided_denoiser",
     "init_state", "karras_sigmas", "log_snr", "nll_bits_per_dim", "num_network_evals",
-    "predict_x0_eps", "prior_kl", "python_loop_sampler", "q_sample", "sample",
-    "sample_python_loop", "sampler_step_fn",
+    "model_sigmas", "predict_x0_eps", "prior_kl", "python_loop_sampler", "q_sample", "sample",
+    "sample_model", "sample_python_loop", "sampler_step_fn",
     "sampling_sigmas", "sigma_to_t", "sigmas", "snr", "training_target", "vlb_terms",
 ]
