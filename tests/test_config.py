@@ -104,7 +104,8 @@ def test_a_workdir_config_with_a_bad_value_is_refused_naming_the_key():
         experiments.from_dict(d)
 
 
-RECIPES = ("vae_mnist", "gan_mnist", "diffusion_mnist", "lm_shakespeare_char")
+RECIPES = ("vae_mnist", "gan_mnist", "diffusion_mnist", "lm_shakespeare_char",
+           "autoencoder_mnist", "ldm_mnist")
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -200,7 +201,7 @@ def test_jaxgen_config_prints_descriptions_choices_and_the_recipes_reasons(capsy
     assert cli.main(["config", "diffusion_mnist"]) == 0
     out = capsys.readouterr().out.splitlines()
     line = next(x for x in out if x.startswith("diffusion.parameterization"))
-    assert '"eps"' in line and "[one of: eps, v, x0, edm]" in line
+    assert '"v"' in line and "[one of: eps, v, x0, edm]" in line
     line = next(x for x in out if x.startswith("model.block_channels"))
     assert "(16, 32, 64)" in line and "[the recipe:" in line
     assert cli.main(["config", "diffusion_mnist", "--short", "--set", "model.dtype=bfloat16"]) == 0

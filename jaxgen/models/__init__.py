@@ -18,6 +18,7 @@ FAMILIES = {
     "gan": "jaxgen.models.gan.family:GANFamily",
     "lm": "jaxgen.models.lm.family:LMFamily",
     "diffusion": "jaxgen.models.diffusion.family:DiffusionFamily",
+    "autoencoder": "jaxgen.models.autoencoder.family:AutoencoderFamily",
 }
 
 

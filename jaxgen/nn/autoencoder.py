@@ -51,6 +51,10 @@ class AutoencoderConfig:
       mid_attention: self-attention in the middle blocks.
       quant_conv: the 1x1 convolutions around the latent (diffusers' use_quant_conv).
       scaling_factor: the latent's scale for diffusion (Rombach et al.: 0.18215 for SD's).
+      attention_kernel: the middle attention's kernel (jaxgen.nn.kernels; auto picks per
+        platform).
+      dtype: compute dtype.
+      param_dtype: parameter dtype.
     """
 
     block_channels: tuple[int, ...] = (64, 128)

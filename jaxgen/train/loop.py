@@ -213,13 +213,25 @@ PATH_FIELDS = ("path", "eval_path", "data_dir", "tokenizer_path")
 TOKENIZER_FILE = "tokenizer.json"
 
 
+# Settings outside ``data`` that name a path ("group.key"): made absolute the same way.
+OTHER_PATH_SETTINGS = ("latent.autoencoder",)
+
+
 def absolute_data_paths(config: Experiment) -> Experiment:
-    """``config`` with its data paths made absolute (against the current directory), so the
-    workdir's config.json finds them from anywhere."""
+    """``config`` with its data paths (and :data:`OTHER_PATH_SETTINGS`) made absolute against
+    the current directory, so the workdir's config.json finds them from anywhere."""
     changes = {f: os.path.abspath(os.path.expanduser(getattr(config.data, f)))
                for f in PATH_FIELDS if getattr(config.data, f, "")}
-    return dataclasses.replace(config, data=dataclasses.replace(config.data, **changes)) \
-        if changes else config
+    if changes:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, **changes))
+    for setting in OTHER_PATH_SETTINGS:
+        group, key = setting.split(".")
+        value = getattr(getattr(config, group, None), key, "")
+        if value:
+            group_value = dataclasses.replace(getattr(config, group), **{
+                key: os.path.abspath(os.path.expanduser(value))})
+            config = dataclasses.replace(config, **{group: group_value})
+    return config
 
 
 def workdir_paths(config: Experiment, workdir: str) -> Experiment:

@@ -7,6 +7,10 @@ a DiT backbone (:mod:`jaxgen.nn.unet`, :mod:`jaxgen.nn.dit`). Class-conditional 
 ``batch["label"]``, replaced by the null label with probability ``diffusion.cond_drop_prob``
 (classifier-free guidance, Ho & Salimans 2022). An EMA of the weights with a warm-up is kept in
 the state; sampling and evaluation use it (``sample.weights=raw`` for the raw weights).
+With ``latent.autoencoder`` set, the model runs in a frozen autoencoder's latent instead of on
+pixels (latent diffusion, Rombach et al. 2022; :mod:`jaxgen.models.diffusion.latent`): training
+batches are encoded on the fly, samples decoded, and x0_hat is never clipped (latents have no
+data range).
 
 Evaluation: ``eval_step`` sums the training loss over the test split (fixed keys);
 ``final_eval`` reports bits per dimension from the DDPM variational bound (discrete-time
@@ -33,8 +37,9 @@ from jaxgen.models.base import (
     sampling_params,
 )
 from jaxgen.models.diffusion import samplers as samplers_lib
+from jaxgen.models.diffusion.latent import load_codec
 from jaxgen.models.diffusion.likelihood import nll_bits_per_dim
-from jaxgen.models.diffusion.objectives import denoiser, diffusion_loss, sampling_sigmas
+from jaxgen.models.diffusion.objectives import diffusion_loss
 from jaxgen.models.diffusion.settings import DiffusionExperiment, DiffusionSample
 from jaxgen.nn.dit import DiT, DiTConfig
 from jaxgen.nn.unet import UNet, check_image_size
@@ -51,7 +56,11 @@ class DiffusionFamily(LossFamily):
     settings = DiffusionExperiment
 
     def __init__(self, config: DiffusionExperiment, data_info: dict):
-        self.shape, classes = image_data("diffusion", data_info)
+        self.image_shape, classes = image_data("diffusion", data_info)
+        self.codec = (load_codec(config.latent.autoencoder, self.image_shape,
+                                 config.latent.scaling_factor)
+                      if config.latent.autoencoder else None)
+        self.shape = self.codec.latent_shape if self.codec else self.image_shape
         m = config.model
         if m.conditional and classes < 2:
             raise UsageError("model.conditional=True needs a dataset with class labels; this one "
@@ -72,7 +81,8 @@ class DiffusionFamily(LossFamily):
         except ValueError as e:
             raise UsageError(str(e)) from None
         self.objective = dataclasses.replace(
-            config.diffusion, null_label=self.num_classes if self.num_classes else None)
+            config.diffusion, null_label=self.num_classes if self.num_classes else None,
+            clip_x0=config.diffusion.clip_x0 and self.codec is None)  # latents have no range
         super().__init__(config, data_info)
         self.check_sample_options(config.sample)
         self._bpd = jax.jit(self._bits_per_dim)
@@ -91,6 +101,13 @@ class DiffusionFamily(LossFamily):
                                   rngs=rngs).astype(jnp.float32)
         return fn
 
+    def data_of(self, batch: dict, rng: jax.Array) -> jax.Array:
+        """What the model diffuses: the images scaled to [-1, 1], or their scaled latents (a
+        posterior sample drawn with ``rng``) for a latent model."""
+        if self.codec is not None:
+            return self.codec.encode(batch["image"], rng)
+        return batch["image"].astype(jnp.float32) * 2.0 - 1.0
+
     def labels_of(self, batch: dict) -> Optional[jax.Array]:
         return batch["label"].astype(jnp.int32) if self.num_classes > 0 else None
 
@@ -101,16 +118,17 @@ class DiffusionFamily(LossFamily):
 
     # --------------------------------------------------------------------------- training
     def loss_fn(self, params, batch, rng, step):
-        """Mean training loss over the batch (images scaled to [-1, 1])."""
+        """Mean training loss over the batch (images scaled to [-1, 1], or their latents)."""
         del step
         k_model, k_loss = jax.random.split(rng)
-        x0 = batch["image"].astype(jnp.float32) * 2.0 - 1.0
+        x0 = self.data_of(batch, jax.random.fold_in(rng, 2))
         per_example = diffusion_loss(self.model_fn(params, True, k_model), x0,
                                      self.labels_of(batch), k_loss, self.objective)
         return jnp.mean(per_example), {}
 
     def eval_step(self, state: TrainState, batch: dict) -> dict:
-        x0 = batch["image"].astype(jnp.float32) * 2.0 - 1.0
+        key = jax.random.fold_in(jax.random.PRNGKey(self.config.eval.seed), 1)
+        x0 = self.data_of(batch, key)
         loss = diffusion_loss(self.model_fn(sampling_params(state)), x0, self.labels_of(batch),
                               jax.random.PRNGKey(self.config.eval.seed), self.objective)
         return {"denoise_loss": jnp.sum(loss * batch["mask"]), "count": jnp.sum(batch["mask"])}
@@ -125,15 +143,17 @@ class DiffusionFamily(LossFamily):
 
     def sample(self, state: TrainState, rng: jax.Array, n: int,
                options: Optional[DiffusionSample] = None) -> jax.Array:
-        """n images [n, H, W, C] in [0, 1] with ``options`` (default: the config's)."""
+        """n images [n, H, W, C] in [0, 1] with ``options`` (default: the config's); a latent
+        model's samples go through the autoencoder's decoder."""
         o = options or self.config.sample
         params = sampling_params(state, o.weights)
         if o.gather_fsdp:
             params = self.gathered_over_fsdp(params)
-        x0 = samplers_lib.sample(denoiser(self.model_fn(params), self.objective),
-                                 (n, *self.shape), rng, o, sampling_sigmas(self.objective, o.steps),
-                                 sample_labels(self.num_classes, o.label, n),
-                                 self.objective.null_label)
+        x0 = samplers_lib.sample_model(self.model_fn(params), self.objective, o,
+                                       (n, *self.shape), rng,
+                                       sample_labels(self.num_classes, o.label, n))
+        if self.codec is not None:
+            return self.codec.decode(x0)
         return jnp.clip((x0 + 1.0) / 2.0, 0.0, 1.0)
 
     def grid_columns(self, n: int) -> Optional[int]:
@@ -147,8 +167,8 @@ class DiffusionFamily(LossFamily):
     def final_eval(self, state: TrainState, batches: Iterable[dict]) -> dict:
         """Bits per dimension on the first ``eval.bpd_examples`` test images (DDPM bound)."""
         ec = self.config.eval
-        if not self.objective.discrete or ec.bpd_examples == 0:
-            return {}
+        if not self.objective.discrete or ec.bpd_examples == 0 or self.codec is not None:
+            return {}  # the bound is of pixels: a latent model has none of its own
         params = sampling_params(state)
         total, count = 0.0, 0
         for i, batch in enumerate(batches):

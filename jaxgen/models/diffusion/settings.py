@@ -107,11 +107,34 @@ class DiffusionEval(EvalConfig):
 
 
 @dataclasses.dataclass(frozen=True)
+class LatentSpace:
+    """Latent diffusion (Rombach et al. 2022): the model runs in a frozen autoencoder's latent.
+
+    Attributes:
+      autoencoder: the workdir of a trained ``autoencoder`` run ("": diffusion on pixels). Its
+        encoder maps every training batch to latents (a posterior sample, as Rombach et al.),
+        its decoder maps samples back to images; its weights never train here.
+      scaling_factor: latents are multiplied by this before diffusion (0: the autoencoder's
+        own, 1 / the latent's standard deviation over its test split: read from its eval.json,
+        which ``jaxgen eval`` writes, or computed the same way).
+    """
+
+    autoencoder: str = ""
+    scaling_factor: float = 0.0
+
+    def __post_init__(self):
+        if self.scaling_factor < 0:
+            raise ValueError(f"latent.scaling_factor must be >= 0 (0: the autoencoder's), got "
+                             f"{self.scaling_factor}")
+
+
+@dataclasses.dataclass(frozen=True)
 class DiffusionExperiment(Experiment):
-    """A diffusion model on images.
+    """A diffusion model on images, or on an autoencoder's latents.
 
     Attributes:
       diffusion: the objective: what the network predicts and the noise schedule.
+      latent: the autoencoder whose latent space the model runs in (none: pixels).
     """
 
     family: str = "diffusion"
@@ -120,3 +143,4 @@ class DiffusionExperiment(Experiment):
     eval: DiffusionEval = field(DiffusionEval)
     sample: DiffusionSample = field(DiffusionSample)
     diffusion: DiffusionConfig = field(DiffusionConfig)
+    latent: LatentSpace = field(LatentSpace)

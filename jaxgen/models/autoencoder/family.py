@@ -1,0 +1,161 @@
+"""The autoencoder family: :class:`AutoencoderFamily` (see jaxgen.models.base).
+
+Training minimises, per image x (``batch["image"]`` [B, H, W, C] in [0, 1], scaled to [-1, 1]),
+``sum rec(D(z) - x) + kl_weight KL(q(z|x) || N(0, I))`` with z ~ q(z|x) = N(mean, exp(logvar))
+from the encoder of :class:`jaxgen.nn.autoencoder.AutoencoderKL` (Rombach et al. 2022, Sec. 3.1;
+Kingma & Welling 2014 for the reparameterised sample and the KL's closed form).
+
+Evaluation (``eval_step``, over the test split): ``recon_mse`` (mean squared error per pixel of
+the posterior mean's reconstruction, in [0, 1] units), ``rate_nats`` (the KL per image),
+``loss``. ``final_eval`` adds the latent's statistics over the test split: ``latent_std`` (the
+standard deviation of the posterior means, all components pooled) and ``scaling_factor`` =
+1 / latent_std, the scale a latent diffusion model multiplies latents by (Rombach et al. 2022,
+Sec. 4.3.2 and App. G, "rescale the latent by the component-wise standard deviation"), plus the
+latent's shape. An autoencoder is not a sampler of the data: ``sample`` decodes draws of the
+KL term's prior N(0, I), and the family offers no sample-quality evaluation
+(``sample_eval_variants`` is empty).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgen import signals
+from jaxgen.models.base import LossFamily, image_data, sampling_params
+from jaxgen.models.autoencoder.settings import AutoencoderExperiment
+from jaxgen.nn.autoencoder import AutoencoderKL, kl_to_standard_normal
+from jaxgen.train.evaluate import sum_over_processes
+from jaxgen.train.images import save_image_grid
+from jaxgen.train.state import TrainState
+
+log = logging.getLogger("jaxgen")
+
+
+def reconstruction_error(kind: str, x_hat: jax.Array, x: jax.Array) -> jax.Array:
+    """Per-example sum over pixels of the squared (l2) or absolute (l1) error, float32 [B]."""
+    d = (x_hat.astype(jnp.float32) - x.astype(jnp.float32)).reshape(x.shape[0], -1)
+    return jnp.sum(d * d if kind == "l2" else jnp.abs(d), axis=-1)
+
+
+class AutoencoderFamily(LossFamily):
+    """A KL-regularised autoencoder (see the module docstring)."""
+
+    name = "autoencoder"
+    settings = AutoencoderExperiment
+    sample_eval_variants: dict = {}
+
+    def __init__(self, config: AutoencoderExperiment, data_info: dict):
+        self.shape, _ = image_data("autoencoder", data_info)
+        self.network = config.model.network(self.shape[-1])
+        h, w = self.shape[:2]
+        f = self.network.factor
+        if h % f or w % f:
+            from jaxgen.errors import UsageError
+            raise UsageError(f"the autoencoder's {self.network.levels} levels shrink images by "
+                             f"{f}, which does not divide {h}x{w}")
+        self.latent_shape = (h // f, w // f, self.network.latent_channels)
+        super().__init__(config, data_info)
+        self._means = jax.jit(lambda p, x: self.encode(p, x)[0])
+        self._reconstruct = jax.jit(self.reconstruct)
+
+    @property
+    def model(self) -> AutoencoderKL:
+        return AutoencoderKL(self.network)
+
+    def init_params(self, rng: jax.Array) -> Any:
+        x = jnp.zeros((1, *self.shape), jnp.float32)
+        return self.model.init({"params": rng}, x)["params"]
+
+    # --------------------------------------------------------------------------- pieces
+    def encode(self, params: Any, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Images [B, H, W, C] in [0, 1] -> the posterior's (mean, logvar) [B, h, w, L]."""
+        return self.model.apply({"params": params}, x * 2.0 - 1.0, method=AutoencoderKL.encode)
+
+    def decode(self, params: Any, z: jax.Array) -> jax.Array:
+        """Latents [B, h, w, L] -> images [B, H, W, C] in the data's [0, 1] units (unclipped)."""
+        out = self.model.apply({"params": params}, z, method=AutoencoderKL.decode)
+        return (out.astype(jnp.float32) + 1.0) / 2.0
+
+    def reconstruct(self, params: Any, x: jax.Array) -> jax.Array:
+        """The posterior mean's reconstruction of x, clipped to [0, 1]."""
+        return jnp.clip(self.decode(params, self.encode(params, x)[0]), 0.0, 1.0)
+
+    def _terms(self, params, x, rng):
+        c = self.config.model
+        recon, (mean, logvar) = self.model.apply({"params": params}, x * 2.0 - 1.0, rng)
+        rec = reconstruction_error(c.reconstruction, recon, x * 2.0 - 1.0)
+        kl = kl_to_standard_normal(mean, logvar)
+        return rec, kl, rec + c.kl_weight * kl
+
+    # --------------------------------------------------------------------------- training
+    def loss_fn(self, params, batch, rng, step):
+        """Mean over the batch of the per-image loss, with its two terms as metrics."""
+        del step
+        rec, kl, loss = self._terms(params, batch["image"].astype(jnp.float32), rng)
+        return jnp.mean(loss), {"reconstruction": jnp.mean(rec), "kl_nats": jnp.mean(kl)}
+
+    def eval_step(self, state: TrainState, batch: dict) -> dict:
+        """Sums over valid examples of the loss (posterior samples from ``eval.seed``), the
+        rate and the posterior mean's per-pixel squared error in [0, 1] units."""
+        params, mask = sampling_params(state), batch["mask"]
+        x = batch["image"].astype(jnp.float32)
+        _, kl, loss = self._terms(params, x, jax.random.PRNGKey(self.config.eval.seed))
+        err = jnp.mean(((self.reconstruct(params, x) - x) ** 2).reshape(x.shape[0], -1), -1)
+        return {"loss": jnp.sum(loss * mask), "rate_nats": jnp.sum(kl * mask),
+                "recon_mse": jnp.sum(err * mask), "count": jnp.sum(mask)}
+
+    # --------------------------------------------------------------------------- sampling
+    def sample(self, state: TrainState, rng: jax.Array, n: int, options: Any = None):
+        """Decoded draws z ~ N(0, I) of the KL term's prior, [n, H, W, C] in [0, 1]: what the
+        regulariser pulls the posterior towards, not a model of the data."""
+        z = jax.random.normal(rng, (n, *self.latent_shape))
+        return jnp.clip(self.decode(sampling_params(state), z), 0.0, 1.0)
+
+    # --------------------------------------------------------------------------- evaluation
+    def final_eval(self, state: TrainState, batches: Iterable[dict]) -> dict:
+        """The latent's statistics over the test split (see the module docstring)."""
+        params = sampling_params(state)
+        sums = {"s1": 0.0, "s2": 0.0, "count": 0.0}
+        for batch in batches:
+            signals.check()
+            x = np.asarray(batch["image"], np.float32)
+            if "mask" in batch:
+                x = x[np.asarray(batch["mask"]) > 0]
+            if len(x) == 0:
+                continue
+            m = np.asarray(self._means(params, jnp.asarray(x)), np.float64)
+            sums["s1"] += float(m.sum())
+            sums["s2"] += float((m * m).sum())
+            sums["count"] += float(m.size)
+        sums = sum_over_processes(sums)
+        if sums["count"] <= 0:
+            raise ValueError("final_eval got no examples")
+        mean = sums["s1"] / sums["count"]
+        std = float(np.sqrt(max(sums["s2"] / sums["count"] - mean * mean, 1e-12)))
+        h, w, c = self.latent_shape
+        return {"latent_std": std, "latent_mean": mean, "scaling_factor": 1.0 / std,
+                "latent_shape": [h, w, c],
+                "compression": float(np.prod(self.shape)) / float(h * w * c)}
+
+    def visualize(self, state: TrainState, rng: jax.Array, batch: dict,
+                  path_prefix: str) -> list[str]:
+        """Writes ``<prefix>_reconstructions.png``: rows of 8 test images, each row followed by
+        the row of their reconstructions (posterior means)."""
+        del rng
+        keep = np.asarray(batch["mask"]) > 0 if "mask" in batch else slice(None)
+        x = np.asarray(batch["image"], np.float32)[keep][:32]
+        x = x[: len(x) // 8 * 8]
+        if len(x) == 0:
+            raise ValueError("visualize needs a batch with at least 8 valid images")
+        recon = np.asarray(self._reconstruct(sampling_params(state), jnp.asarray(x)))
+        rows = np.stack([x.reshape(-1, 8, *x.shape[1:]), recon.reshape(-1, 8, *x.shape[1:])],
+                        axis=1).reshape(-1, *x.shape[1:])
+        if jax.process_index() != 0:
+            return []
+        os.makedirs(os.path.dirname(os.path.abspath(path_prefix)), exist_ok=True)
+        return [save_image_grid(rows, f"{path_prefix}_reconstructions.png", ncols=8)]
