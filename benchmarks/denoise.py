@@ -155,9 +155,11 @@ def peer_unavailable_reason() -> str | None:
     return None
 
 
-def diffusers_model(cfg: UNetConfig, dtype_name: str = "float32", threads: int = 0):
-    """diffusers' ``UNet2DModel`` with the shape of ``cfg`` (attention where cfg has it);
-    torch runs ``threads`` intra-op threads (0: every available core)."""
+def diffusers_model(cfg: UNetConfig, dtype_name: str = "float32", threads: int = 0,
+                    image: tuple[int, int, int] = IMAGE, num_classes: int = 0):
+    """diffusers' ``UNet2DModel`` with the shape of ``cfg`` (attention, scale-shift and a class
+    embedding of ``num_classes`` where cfg has them) for images of ``image``; torch runs
+    ``threads`` intra-op threads (0: every available core)."""
     import diffusers
     import torch
     torch.set_num_threads(threads or available_cores())
@@ -165,10 +167,12 @@ def diffusers_model(cfg: UNetConfig, dtype_name: str = "float32", threads: int =
     up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attention_levels))
     torch.manual_seed(0)
     model = diffusers.UNet2DModel(
-        sample_size=IMAGE[0], in_channels=IMAGE[2], out_channels=IMAGE[2],
+        sample_size=image[0], in_channels=image[2], out_channels=image[2],
         block_out_channels=cfg.block_channels, layers_per_block=cfg.layers_per_block,
         down_block_types=down, up_block_types=up, norm_num_groups=cfg.norm_groups,
-        attention_head_dim=cfg.head_dim, add_attention=cfg.mid_attention)
+        attention_head_dim=cfg.head_dim, add_attention=cfg.mid_attention,
+        num_class_embeds=num_classes or None,
+        resnet_time_scale_shift="scale_shift" if cfg.scale_shift else "default")
     if dtype_name != "float32":
         model = model.to(getattr(torch, dtype_name))
     return model.eval()
@@ -186,23 +190,27 @@ def torch_forward(model, batch: int):
     return call
 
 
-def diffusers_sampler(model, sampler: str, steps: int, batch: int):
-    """(blocking call, network evaluations) of diffusers' loop with the mapped scheduler."""
+def diffusers_sampler(model, sampler: str, steps: int, batch: int,
+                      beta_schedule: str = "linear", num_classes: int = 0,
+                      image: tuple[int, int, int] = IMAGE):
+    """(blocking call, network evaluations) of diffusers' loop with the mapped scheduler on
+    ``beta_schedule``; a class-conditional model gets the classes cycled."""
     import diffusers
     import torch
     name, kwargs = SCHEDULERS[sampler]
-    scheduler = getattr(diffusers, name)(num_train_timesteps=1000, beta_schedule="linear",
+    scheduler = getattr(diffusers, name)(num_train_timesteps=1000, beta_schedule=beta_schedule,
                                          **kwargs)
     scheduler.set_timesteps(steps)
     evals = len(scheduler.timesteps)
-    noise = torch.randn(batch, IMAGE[2], *IMAGE[:2], generator=torch.Generator().manual_seed(2))
+    noise = torch.randn(batch, image[2], *image[:2], generator=torch.Generator().manual_seed(2))
+    labels = torch.arange(batch) % num_classes if num_classes else None
 
     def call():
         scheduler.set_timesteps(steps)
         x = noise * scheduler.init_noise_sigma
         with torch.inference_mode():
             for t in scheduler.timesteps:
-                eps = model(scheduler.scale_model_input(x, t), t).sample
+                eps = model(scheduler.scale_model_input(x, t), t, class_labels=labels).sample
                 x = scheduler.step(eps, t, x).prev_sample
         return x
     return call, evals

@@ -134,52 +134,13 @@ def best_point(rows: list[dict]) -> dict:
                key=lambda r: r["images_per_s"])
 
 
-def _peer_unet(unet, num_classes: int):
-    """diffusers' UNet2DModel of the workdir's U-Net shape, with its class embedding."""
-    import diffusers
-    import torch
-
-    from jaxgen.train.host import available_cores
-
-    torch.set_num_threads(available_cores())
-    down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in unet.attention_levels)
-    up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(unet.attention_levels))
-    torch.manual_seed(0)
-    return diffusers.UNet2DModel(
-        sample_size=28, in_channels=1, out_channels=1, block_out_channels=unet.block_channels,
-        layers_per_block=unet.layers_per_block, down_block_types=down, up_block_types=up,
-        norm_num_groups=unet.norm_groups, attention_head_dim=unet.head_dim,
-        add_attention=unet.mid_attention, num_class_embeds=num_classes or None,
-        resnet_time_scale_shift="scale_shift" if unet.scale_shift else "default").eval()
-
-
-def _peer_loop(model, scheduler_name: str, steps: int, batch: int, num_classes: int, **kwargs):
-    import diffusers
-    import torch
-
-    scheduler = getattr(diffusers, scheduler_name)(num_train_timesteps=1000,
-                                                   beta_schedule="squaredcos_cap_v2", **kwargs)
-    noise = torch.randn(batch, 1, 28, 28, generator=torch.Generator().manual_seed(2))
-    labels = torch.arange(batch) % num_classes if num_classes else None
-
-    def call():
-        scheduler.set_timesteps(steps)
-        x = noise * scheduler.init_noise_sigma
-        with torch.inference_mode():
-            for t in scheduler.timesteps:
-                out = model(scheduler.scale_model_input(x, t), t, class_labels=labels).sample
-                x = scheduler.step(out, t, x).prev_sample
-        return x
-    return call
-
-
 def speed_rows(runs: list[tuple[str, Any]], baseline: dict, best: dict, batch: int,
                repeats: int) -> list[dict]:
     """The first workdir's best point and baseline, on every workdir of ``runs`` ((model, Run)
     pairs), against diffusers' DDIM (the baseline's steps) and DPM-Solver++ on the first
     workdir's U-Net shape, at ``batch`` images, interleaved in this process."""
     from benchmarks.common import time_interleaved
-    from benchmarks.denoise import peer_unavailable_reason
+    from benchmarks.denoise import diffusers_model, diffusers_sampler, peer_unavailable_reason
     from jaxgen.models.diffusion.samplers import num_network_evals
 
     calls, meta = {}, {}
@@ -195,16 +156,17 @@ def speed_rows(runs: list[tuple[str, Any]], baseline: dict, best: dict, batch: i
     if reason is None and not isinstance(run.family.backbone, UNetConfig):
         reason = "the peer is diffusers' UNet2DModel; this workdir's backbone is a DiT"
     if reason is None:
-        unet = run.family.backbone
-        model = _peer_unet(unet, run.family.num_classes)
+        classes, shape = run.family.num_classes, tuple(run.family.shape)
+        model = diffusers_model(run.family.backbone, image=shape, num_classes=classes)
+
+        def peer(name, steps):  # the family's cosine schedule is diffusers' squaredcos_cap_v2
+            return diffusers_sampler(model, name, steps, batch, "squaredcos_cap_v2", classes,
+                                     shape)[0]
         n = baseline["steps"]
-        calls[f"diffusers ddim-{n}"] = _peer_loop(model, "DDIMScheduler", n, batch,
-                                                  run.family.num_classes)
+        calls[f"diffusers ddim-{n}"] = peer("ddim", n)
         meta[f"diffusers ddim-{n}"] = ("diffusers", runs[0][0], f"ddim:{n}", "ddim", n, n)
         k = best["steps"] if best["sampler"] == "dpmpp_2m" else 20
-        calls[f"diffusers dpmpp_2m-{k}"] = _peer_loop(
-            model, "DPMSolverMultistepScheduler", k, batch, run.family.num_classes,
-            algorithm_type="dpmsolver++", solver_order=2)
+        calls[f"diffusers dpmpp_2m-{k}"] = peer("dpmpp_2m", k)
         meta[f"diffusers dpmpp_2m-{k}"] = ("diffusers", runs[0][0], f"dpmpp_2m:{k}",
                                            "dpmpp_2m", k, k)
     times = time_interleaved(calls, repeats)

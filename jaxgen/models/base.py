@@ -246,6 +246,15 @@ def image_data(family: str, data_info: dict) -> tuple[tuple[int, ...], int]:
     return tuple(int(s) for s in data_info["shape"]), int(data_info.get("num_classes", 0) or 0)
 
 
+def valid_images(batch: dict) -> np.ndarray:
+    """The batch's images [n, H, W, C] (host float32) without its padding (``batch["mask"]``
+    0), or all of them when the batch has no mask (a training batch)."""
+    x = np.asarray(batch["image"], np.float32)
+    if "mask" in batch:
+        x = x[np.asarray(batch["mask"]) > 0]
+    return x
+
+
 def sample_labels(num_classes: int, label: int, n: int) -> Optional[jax.Array]:
     """Labels [n] of ``n`` samples: None (unconditional), ``label``, or i mod C when -1."""
     if num_classes == 0:

@@ -17,7 +17,6 @@ KL term's prior N(0, I), and the family offers no sample-quality evaluation
 """
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any, Iterable
 
@@ -26,15 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgen import signals
-from jaxgen.models.base import LossFamily, image_data, sampling_params
+from jaxgen.models.base import LossFamily, image_data, sampling_params, valid_images
 from jaxgen.models.autoencoder.settings import AutoencoderExperiment
 from jaxgen.nn.autoencoder import AutoencoderKL, kl_to_standard_normal
 from jaxgen.train.evaluate import sum_over_processes
 from jaxgen.train.images import save_image_grid
 from jaxgen.train.state import TrainState
-
-log = logging.getLogger("jaxgen")
-
 
 def reconstruction_error(kind: str, x_hat: jax.Array, x: jax.Array) -> jax.Array:
     """Per-example sum over pixels of the squared (l2) or absolute (l1) error, float32 [B]."""
@@ -87,8 +83,9 @@ class AutoencoderFamily(LossFamily):
 
     def _terms(self, params, x, rng):
         c = self.config.model
-        recon, (mean, logvar) = self.model.apply({"params": params}, x * 2.0 - 1.0, rng)
-        rec = reconstruction_error(c.reconstruction, recon, x * 2.0 - 1.0)
+        x = x * 2.0 - 1.0
+        recon, (mean, logvar) = self.model.apply({"params": params}, x, rng)
+        rec = reconstruction_error(c.reconstruction, recon, x)
         kl = kl_to_standard_normal(mean, logvar)
         return rec, kl, rec + c.kl_weight * kl
 
@@ -123,9 +120,7 @@ class AutoencoderFamily(LossFamily):
         sums = {"s1": 0.0, "s2": 0.0, "count": 0.0}
         for batch in batches:
             signals.check()
-            x = np.asarray(batch["image"], np.float32)
-            if "mask" in batch:
-                x = x[np.asarray(batch["mask"]) > 0]
+            x = valid_images(batch)
             if len(x) == 0:
                 continue
             m = np.asarray(self._means(params, jnp.asarray(x)), np.float64)
@@ -147,8 +142,7 @@ class AutoencoderFamily(LossFamily):
         """Writes ``<prefix>_reconstructions.png``: rows of 8 test images, each row followed by
         the row of their reconstructions (posterior means)."""
         del rng
-        keep = np.asarray(batch["mask"]) > 0 if "mask" in batch else slice(None)
-        x = np.asarray(batch["image"], np.float32)[keep][:32]
+        x = valid_images(batch)[:32]
         x = x[: len(x) // 8 * 8]
         if len(x) == 0:
             raise ValueError("visualize needs a batch with at least 8 valid images")

@@ -18,7 +18,7 @@ import numpy as np
 
 from jaxgen import signals
 from jaxgen.errors import UsageError
-from jaxgen.models.base import LossFamily, image_data, sampling_params
+from jaxgen.models.base import LossFamily, image_data, sampling_params, valid_images
 from jaxgen.models.vae import likelihoods
 from jaxgen.models.vae.augment import random_shift
 from jaxgen.models.vae.modules import VAE
@@ -29,13 +29,6 @@ from jaxgen.train.images import save_image_grid
 from jaxgen.train.state import TrainState
 
 log = logging.getLogger("jaxgen")
-
-
-def _valid_images(batch: dict) -> np.ndarray:
-    x = np.asarray(batch["image"], np.float32)
-    if "mask" in batch:
-        x = x[np.asarray(batch["mask"]) > 0]
-    return x
 
 
 class VAEFamily(LossFamily):
@@ -156,7 +149,7 @@ class VAEFamily(LossFamily):
         ``<prefix>_interpolations.png`` (rows: linear paths between two inputs' posterior means)."""
         del rng  # deterministic: posterior means
         params = sampling_params(state)
-        x = _valid_images(batch)[:32]
+        x = valid_images(batch)[:32]
         if len(x) < 2:
             raise ValueError("visualize needs a batch with at least 2 valid images")
         recon = np.asarray(self._reconstruct(params, jnp.asarray(x)))
