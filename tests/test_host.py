@@ -73,3 +73,27 @@ def test_user_forced_device_count_is_kept_and_gets_thread_head_room():
     out = subprocess.run([sys.executable, "-c", SCRIPT.format(n=0)], env=env,
                          capture_output=True, text=True, check=True).stdout.split()
     assert out[:3] == ["None", "3", str(max(host.available_cores(), 6))]
+
+
+def test_an_accelerator_needs_its_device_nodes_not_only_its_plugin(tmp_path, monkeypatch):
+    """libtpu comes with the dev extra on every machine (deviceless TPU compiles): a CPU host
+    with the wheel and no /dev/accel* or /dev/vfio/N is still a CPU host, and is split."""
+    import importlib.util
+    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+    installed = {"libtpu"}
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name: object() if name in installed else None)
+    root = str(tmp_path)
+    assert not host._accelerator_installed(root)           # plugin only: a CPU host
+    (tmp_path / "dev" / "vfio").mkdir(parents=True)
+    (tmp_path / "dev" / "vfio" / "vfio").touch()             # the control node is not a chip
+    assert not host._accelerator_installed(root)
+    (tmp_path / "dev" / "vfio" / "0").touch()                # a v5p/v6e chip
+    assert host._accelerator_installed(root)
+    installed.clear()
+    assert not host._accelerator_installed(root)           # nodes without the plugin
+    (tmp_path / "dev" / "nvidia0").touch()
+    installed.add("jax_cuda12_plugin")
+    assert host._accelerator_installed(root)
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")               # the user's choice wins
+    assert not host._accelerator_installed(root)

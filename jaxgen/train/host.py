@@ -13,11 +13,13 @@ their peers.
 
 This must happen before JAX creates its backends, i.e. before the first ``jax.devices()``; the
 CLI calls :func:`configure_cpu_host` first thing. It changes nothing on hosts with an
-accelerator plugin installed, when the backend already exists, or when the user has already
-chosen a device count through ``XLA_FLAGS``.
+accelerator (a plugin installed and its device nodes present, so a CPU host with libtpu
+installed for deviceless TPU compiles is still split), when the backend already exists, or when
+the user has already chosen a device count through ``XLA_FLAGS``.
 """
 from __future__ import annotations
 
+import glob
 import importlib.util
 import logging
 import os
@@ -25,9 +27,6 @@ import re
 from typing import Any, Optional
 
 log = logging.getLogger("jaxgen")
-
-_ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin",
-                        "jax_rocm7_plugin", "libtpu")
 
 
 def available_cores() -> int:
@@ -70,11 +69,30 @@ def reserve_pool_threads(devices: int) -> None:
     os.environ.setdefault("NPROC", str(max(available_cores(), 2 * devices)))
 
 
-def _accelerator_installed() -> bool:
+# Device nodes an accelerator's driver creates on Linux; a plugin wheel without one of them (the
+# `dev` extra installs libtpu on every machine, for deviceless TPU compiles) is no accelerator.
+_ACCELERATOR_DEVICE_GLOBS = {
+    "libtpu": ("/dev/accel[0-9]*", "/dev/vfio/[0-9]*"),  # v2-v5e: accel; v5p, v6e: vfio
+    "jax_cuda12_plugin": ("/dev/nvidia[0-9]*",),
+    "jax_cuda13_plugin": ("/dev/nvidia[0-9]*",),
+    "jax_rocm60_plugin": ("/dev/kfd",),
+    "jax_rocm7_plugin": ("/dev/kfd",),
+}
+
+
+def _has_device_nodes(patterns: tuple[str, ...], root: str = "") -> bool:
+    return any(glob.glob(root + pattern) for pattern in patterns)
+
+
+def _accelerator_installed(root: str = "") -> bool:
+    """Whether JAX will pick an accelerator here: ``JAX_PLATFORMS`` names one first, or an
+    accelerator plugin is installed *and* its device nodes exist (``root`` prefixes the paths,
+    for tests). A CPU-only host with libtpu installed for deviceless compiles is still split."""
     platforms = os.environ.get("JAX_PLATFORMS", "")
     if platforms:
         return platforms.split(",")[0].strip() not in ("cpu", "")
-    return any(importlib.util.find_spec(name) is not None for name in _ACCELERATOR_PLUGINS)
+    return any(importlib.util.find_spec(name) is not None and _has_device_nodes(globs, root)
+               for name, globs in _ACCELERATOR_DEVICE_GLOBS.items())
 
 
 def configure_cpu_host(config: Any, *, distributed: bool = False) -> Optional[int]:
