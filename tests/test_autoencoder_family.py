@@ -76,6 +76,25 @@ def test_final_eval_scaling_factor_is_one_over_the_latent_std(trained):
     assert out["latent_shape"] == [7, 7, 4] and out["compression"] == pytest.approx(4.0)
     np.testing.assert_allclose(out["latent_std"], means.std(), rtol=1e-4)
     np.testing.assert_allclose(out["scaling_factor"], 1.0 / means.std(), rtol=1e-4)
+    np.testing.assert_allclose(out["latent_channel_mean"], means.mean((0, 1, 2)), rtol=1e-4,
+                               atol=1e-6)
+    np.testing.assert_allclose(out["latent_channel_std"], means.std((0, 1, 2)), rtol=1e-4)
+    assert out["recon_fd_samples"] == len(means)
+
+
+def test_recon_fd_lenet_is_the_sample_metric_of_the_reconstructions(trained):
+    """recon_fd_lenet is jaxgen.eval's fd_lenet of the test digits' reconstructions: a perfect
+    reconstruction would score the test digits against themselves, about 0."""
+    from jaxgen import eval as eval_lib
+    run, state, _, _ = trained
+    batches = list(run.datasets.make_eval())
+    out = run.family.final_eval(state, batches)
+    x = np.concatenate([np.asarray(b["image"])[np.asarray(b["mask"]) > 0] for b in batches])
+    recon = np.asarray(run.family.reconstruct(state.params, jnp.asarray(x[:1000])))
+    assert out["recon_fd_samples"] == len(recon) == 1000
+    assert out["recon_fd_lenet"] == pytest.approx(
+        eval_lib.sample_metrics(recon)["fd_lenet"], rel=1e-6)
+    assert eval_lib.sample_metrics(x[:1000])["fd_lenet"] < 1e-3 < out["recon_fd_lenet"]
 
 
 def test_an_image_size_the_levels_do_not_divide_is_a_usage_error():
@@ -103,7 +122,7 @@ def ae_workdir(tmp_path_factory):
 
 def test_cli_train_eval_sample_writes_reconstructions(ae_workdir, tmp_path):
     w, result = ae_workdir
-    for key in ("recon_mse", "rate_nats", "scaling_factor", "latent_std"):
+    for key in ("recon_mse", "rate_nats", "scaling_factor", "latent_std", "recon_fd_lenet"):
         assert np.isfinite(result[key]), key
     assert 0 < result["recon_mse"] < 1 and "fd_lenet" not in result
     assert result["latent_shape"] == [7, 7, 4]
@@ -144,7 +163,9 @@ def test_latent_diffusion_step_on_8_devices_equals_1_and_keeps_the_autoencoder_f
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
     fam = run1.family
     assert fam.shape == (7, 7, 4) and fam.image_shape == (28, 28, 1)
-    assert fam.codec.scaling_factor == pytest.approx(result["scaling_factor"])
+    np.testing.assert_allclose(fam.codec.shift, result["latent_channel_mean"], rtol=1e-6)
+    np.testing.assert_allclose(fam.codec.scale, 1 / np.asarray(result["latent_channel_std"]),
+                               rtol=1e-6)
     assert not fam.objective.clip_x0  # latents have no data range to clip to
     assert set(s1.params) == set(fam.init_params(jax.random.PRNGKey(0)))  # the DiT's only
     from jaxgen import api
@@ -155,28 +176,41 @@ def test_latent_diffusion_step_on_8_devices_equals_1_and_keeps_the_autoencoder_f
     assert images.shape == (4, 28, 28, 1) and 0.0 <= images.min() and images.max() <= 1.0
 
 
-def test_latent_codec_round_trip_and_the_scaled_latent(ae_workdir, tmp_path):
+@pytest.mark.parametrize("normalize", ["channel", "scalar"])
+def test_latent_codec_round_trip_and_the_normalised_latent(ae_workdir, tmp_path, normalize):
     """encode (posterior mean) then decode equals the autoencoder's own reconstruction; the
-    encoded latents are the posterior means times the scaling factor, which is the one
-    ``jaxgen eval`` wrote, and the same number when a copy of the workdir has no eval.json."""
+    encoded latents are the posterior means standardised per channel (or times the one scaling
+    factor), with the statistics ``jaxgen eval`` wrote, and the same numbers when a copy of the
+    workdir has no eval.json; a fixed latent.scaling_factor is used as given."""
     import shutil
 
     from jaxgen import api
-    from jaxgen.models.diffusion.latent import autoencoder_scale
+    from jaxgen.models.diffusion.latent import STATISTICS, latent_statistics
 
     w, result = ae_workdir
     copy = shutil.copytree(w, tmp_path / "copy")
     os.remove(copy / "eval.json")
-    assert autoencoder_scale(api.load(str(copy)), "here") == pytest.approx(
-        result["scaling_factor"], rel=1e-6)
-    fam = models.make_family(_ldm(w), MNIST_INFO)
+    computed = latent_statistics(api.load(str(copy)), "here")
+    for key in STATISTICS:
+        np.testing.assert_allclose(computed[key], result[key], rtol=1e-6)
+    fam = models.make_family(_ldm(w, f"latent.normalize={normalize}"), MNIST_INFO)
     codec = fam.codec
     x = jnp.asarray(np.random.default_rng(0).uniform(size=(3, 28, 28, 1)), jnp.float32)
     z = codec.encode(x)
-    mean = codec.family.encode(codec.params, x)[0]
-    np.testing.assert_allclose(z, mean * codec.scaling_factor, rtol=1e-5, atol=1e-6)
+    mean = np.asarray(codec.family.encode(codec.params, x)[0])
+    if normalize == "channel":
+        expected = (mean - np.asarray(result["latent_channel_mean"])) / np.asarray(
+            result["latent_channel_std"])
+    else:
+        expected = mean * result["scaling_factor"]
+    np.testing.assert_allclose(z, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(codec.decode(z), codec.family.reconstruct(codec.params, x),
                                atol=1e-5)
+    fixed = models.make_family(_ldm(w, "latent.normalize=scalar", "latent.scaling_factor=0.25"),
+                               MNIST_INFO).codec
+    np.testing.assert_allclose(fixed.encode(x), mean * 0.25, rtol=1e-5, atol=1e-6)
+    with pytest.raises(UsageError, match="set latent.normalize=scalar with it"):
+        _ldm(w, "latent.scaling_factor=0.25")
 
 
 def test_latent_autoencoder_bad_input_is_one_line(ae_workdir, tmp_path):

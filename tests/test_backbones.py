@@ -291,9 +291,14 @@ def test_bfloat16_compute(family):
 def test_bad_inputs_raise():
     x28 = jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32)
     t = jax.ShapeDtypeStruct((1,), jnp.float32)
-    four_levels = UNetConfig(block_channels=(8, 8, 8, 8), attention_levels=(False,) * 4)
-    with pytest.raises(ValueError, match="28x28"):
+    four_levels = UNetConfig(block_channels=(8, 8, 8, 8), attention_levels=(False,) * 4,
+                             resblock_updown=True)  # exact 2x2 pooling: 28 -> 14 -> 7 -> ?
+    with pytest.raises(ValueError, match="divisible by 8; got 28x28"):
         jax.eval_shape(lambda x, t: UNet(four_levels).init(jax.random.key(0), x, t), x28, t)
+    x4 = jax.ShapeDtypeStruct((1, 4, 4, 1), jnp.float32)
+    with pytest.raises(ValueError, match="at least 8; got 4x4"):
+        jax.eval_shape(lambda x, t: UNet(dataclasses.replace(four_levels, resblock_updown=False)
+                                         ).init(jax.random.key(0), x, t), x4, t)
     with pytest.raises(ValueError, match="unconditional"):
         jax.eval_shape(lambda x, t: UNet(UNetConfig()).init(jax.random.key(0), x, t,
                                                             jnp.zeros((1,), jnp.int32)), x28, t)
@@ -310,3 +315,128 @@ def test_bad_inputs_raise():
         UNetConfig(block_channels=(12,), attention_levels=(True,), head_dim=8)
     # 28x28 with 3 levels is fine: 28 -> 14 -> 7
     jax.eval_shape(lambda x, t: UNet(UNetConfig()).init(jax.random.key(0), x, t), x28, t)
+
+
+# ------------------------------------------------------------------ cross-attention conditioning
+CROSS_UNET = UNetConfig(block_channels=(32, 64), layers_per_block=1,
+                        attention_levels=(False, True), num_heads=4, norm_groups=8, num_classes=3,
+                        cross_attention_dim=24, transformer_layers=2, context_tokens=2,
+                        zero_init=False)
+CROSS_DIT = _with(TINY_DIT, cross_attention_dim=24, context_tokens=2, learn_sigma=False)
+
+
+def _diffusers_cross_unet(diffusers, **changes):
+    """A small diffusers UNet2DConditionModel of CROSS_UNET's levels, widths and heads."""
+    return diffusers.UNet2DConditionModel(**{
+        "sample_size": 8, "in_channels": 4, "out_channels": 4, "block_out_channels": (32, 64),
+        "layers_per_block": 1, "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"), "cross_attention_dim": 24,
+        "attention_head_dim": 4, "norm_num_groups": 8, **changes}).eval()
+
+
+def _diffusers_output(torch, model, x, t, context):
+    with torch.no_grad():
+        out = model(torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()),
+                    torch.from_numpy(np.array(t)),
+                    encoder_hidden_states=torch.from_numpy(np.array(context))).sample
+    return out.numpy().transpose(0, 2, 3, 1)
+
+
+def test_unet_cross_attention_matches_diffusers_unet2dconditionmodel(tmp_path):
+    """Stable Diffusion's U-Net shape: a diffusers UNet2DConditionModel (cross-attention
+    transformer blocks, two per level, conv 1x1 projections) saved with save_pretrained and
+    loaded by jaxgen.hub.diffusers gives the same output for the same encoder states."""
+    torch = pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers")
+    from jaxgen.hub.diffusers import load_diffusers
+
+    torch.manual_seed(0)
+    model = _diffusers_cross_unet(diffusers, transformer_layers_per_block=2)
+    model.save_pretrained(str(tmp_path))
+    loaded = load_diffusers(str(tmp_path), attention_kernel="reference")
+    assert loaded.model.config == _with(CROSS_UNET, num_classes=0, out_channels=4,
+                                        context_tokens=1, attention_kernel="reference")
+    assert loaded.shape == (8, 8, 4)
+    assert sum(p.numel() for p in model.parameters()) == sum(
+        int(np.size(v)) for v in jax.tree.leaves(loaded.params))
+    x, t = _inputs(c=4)
+    context = jax.random.normal(jax.random.key(5), (2, 3, 24))
+    ours = jax.jit(lambda p, x, t, c: loaded.model.apply(p, x, t, None, False, c))(
+        loaded.params, x, t, context)
+    np.testing.assert_allclose(ours, _diffusers_output(torch, model, x, t, context), rtol=1e-4,
+                               atol=1e-4)
+
+
+@pytest.mark.parametrize("backbone", ["unet", "dit"])
+def test_cross_attention_labels_condition_through_their_context(backbone):
+    """Labels reach a cross-attention backbone only through their learned context: no label
+    is the null label's context; an explicit context equal to a label's table row gives that
+    label's output; other labels give other outputs; classifier-free guidance with a null
+    context equals the unconditional path at every scale, and guidance 1 is the conditional
+    model alone."""
+    from jaxgen.models.diffusion.samplers import guided_denoiser
+
+    cfg, net = (CROSS_UNET, UNet) if backbone == "unet" else (CROSS_DIT, DiT)
+    model = net(cfg)
+    x, t = _inputs(c=2)
+    params = _perturb(_fake_params(model, x, t, jnp.array([0, 1])))
+    flat = params["params"]
+    assert flat["context_embed"]["embedding"].shape == (4, 2 * 24)  # classes + null, S x Dc
+    assert "label_embed" not in flat and "y_embedder" not in flat
+    f = jax.jit(lambda x, t, y, c=None: model.apply(params, x, t, y, False, c))
+    none, null, y02 = f(x, t, None), f(x, t, jnp.full((2,), 3, jnp.int32)), f(x, t,
+                                                                              jnp.array([0, 2]))
+    np.testing.assert_allclose(none, null, rtol=1e-5, atol=1e-5)  # two programs: float noise
+    assert not np.allclose(none, y02, atol=1e-3)
+    rows = flat["context_embed"]["embedding"][jnp.array([0, 2])].reshape(2, 2, 24)
+    np.testing.assert_allclose(f(x, t, None, rows), y02, rtol=1e-5, atol=1e-5)
+
+    den = lambda x, sigma, labels: f(x, sigma, labels)  # noqa: E731
+    labels = jnp.array([0, 2], jnp.int32)
+    nulls = jnp.full((2,), 3, jnp.int32)
+    np.testing.assert_allclose(guided_denoiser(den, 1.0, labels, 3)(x, t), y02, rtol=1e-5,
+                               atol=1e-5)
+    for w in (0.0, 2.5):
+        np.testing.assert_allclose(guided_denoiser(den, w, nulls, 3)(x, t), none,
+                                   rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="needs class labels"):
+        net(_with(cfg, num_classes=0)).init(jax.random.key(0), x, t)
+
+
+def test_unet_on_odd_sizes_matches_diffusers_forward_upsample_size():
+    """A 7x7 input (the autoencoder_mnist latent): the stride-2 conv rounds up (7 -> 4) and the
+    up path interpolates to the skip's 7x7 as diffusers' UNet2DConditionModel does for sizes
+    that are no multiple of its factor (forward_upsample_size); same output as diffusers."""
+    torch = pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers")
+    from jaxgen.hub.diffusers import diffusers_name
+
+    torch.manual_seed(0)
+    model = _diffusers_cross_unet(diffusers, sample_size=7, use_linear_projection=True)
+    cfg = _with(CROSS_UNET, num_classes=0, out_channels=4, transformer_layers=1,
+                attention_kernel="reference")
+    x, t = _inputs(hw=7, c=4)
+    context = jax.random.normal(jax.random.key(5), (2, 1, 24))
+    net = UNet(cfg)
+    shapes = nn.meta.unbox(jax.eval_shape(lambda: net.init(jax.random.key(0), x, t, None,
+                                                           False, context)))
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    from flax import traverse_util
+
+    def tensor(path, leaf):
+        name = diffusers_name(tuple(path[:-1]), cfg.levels, cross=True)
+        w = state[f"{name}.{'bias' if path[-1] == 'bias' else 'weight'}"]
+        if path[-1] == "kernel":
+            w = w.transpose(2, 3, 1, 0) if w.ndim == 4 else w.T
+        return w.reshape(leaf.shape)
+
+    flat = traverse_util.flatten_dict(shapes["params"])
+    params = {"params": traverse_util.unflatten_dict(
+        {p: jnp.asarray(tensor(p, leaf)) for p, leaf in flat.items()})}
+    ours = jax.jit(lambda p: net.apply(p, x, t, None, False, context))(params)
+    assert ours.shape == (2, 7, 7, 4)
+    np.testing.assert_allclose(ours, _diffusers_output(torch, model, x, t, context), rtol=1e-4,
+                               atol=1e-4)
+    with pytest.raises(ValueError, match="resblock_updown needs H and W divisible by 2"):
+        UNet(_with(cfg, resblock_updown=True)).init(jax.random.key(0), x, t, None, False,
+                                                    context)

@@ -1,4 +1,5 @@
-"""diffusers checkpoints into jaxgen: ``UNet2DModel`` weights and DDPM/DDIM scheduler settings.
+"""diffusers checkpoints into jaxgen: ``UNet2DModel`` and ``UNet2DConditionModel`` weights and
+DDPM/DDIM scheduler settings.
 
     from jaxgen.hub import diffusers as hub_diffusers
     pipe = hub_diffusers.load_diffusers("path/to/ddpm-pipeline")   # a local folder
@@ -7,7 +8,8 @@
 A folder is either one model (``config.json`` + ``diffusion_pytorch_model.safetensors``) or a
 pipeline (``model_index.json``, ``unet/``, ``scheduler/scheduler_config.json``), as
 ``save_pretrained`` writes them. jaxgen's :class:`jaxgen.nn.unet.UNet` is laid out like
-``UNet2DModel`` (tests/test_backbones.py counts and compares them), so each diffusers tensor
+``UNet2DModel``, and with ``cross_attention_dim`` like ``UNet2DConditionModel``
+(tests/test_backbones.py counts and compares them), so each diffusers tensor
 maps to one jaxgen parameter by a name and a transpose (NCHW conv kernels [O, I, kh, kw] to
 [kh, kw, I, O]; q/k/v concatenated on jaxgen's fused [C, 3, heads, head_dim] kernel). The
 scheduler's betas, prediction type, clipping, timestep spacing and variance map onto
@@ -41,6 +43,18 @@ FIXED = {"time_embedding_type": "positional", "flip_sin_to_cos": True, "freq_shi
          "upsample_type": "conv", "downsample_padding": 1, "attn_norm_num_groups": None,
          "mid_block_scale_factor": 1, "time_embedding_dim": None, "num_train_timesteps": None}
 DOWN_BLOCKS = {"DownBlock2D": False, "AttnDownBlock2D": True}
+# UNet2DConditionModel (Stable Diffusion's U-Net): its levels, and the settings jaxgen's
+# cross-attention U-Net computes only at these values (diffusers' defaults)
+CROSS_DOWN_BLOCKS = {"DownBlock2D": False, "CrossAttnDownBlock2D": True}
+CROSS_FIXED = {"mid_block_type": "UNetMidBlock2DCrossAttn", "only_cross_attention": False,
+               "dual_cross_attention": False, "encoder_hid_dim": None,
+               "addition_embed_type": None, "time_cond_proj_dim": None, "conv_in_kernel": 3,
+               "conv_out_kernel": 3, "attention_type": "default", "num_class_embeds": None,
+               "class_embeddings_concat": False, "cross_attention_norm": None,
+               "resnet_skip_time_act": False, "resnet_out_scale_factor": 1.0,
+               "timestep_post_act": None, "mid_block_only_cross_attention": None,
+               "reverse_transformer_layers_per_block": None}
+UNET_CLASSES = ("UNet2DModel", "UNet2DConditionModel")
 PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 BETAS = {"linear": "linear", "scaled_linear": "scaled_linear", "squaredcos_cap_v2": "cosine"}
 
@@ -60,36 +74,63 @@ def _refuse(field: str, value: Any, why: str) -> UsageError:
     return UsageError(f"config {field}={value!r}: {why}")
 
 
+def _one(cfg: dict, key: str, default: Any) -> Any:
+    """A per-block diffusers setting that jaxgen holds as one value: refused unless equal."""
+    value = cfg.get(key)
+    value = default if value is None else value
+    if isinstance(value, (list, tuple)):
+        if len(set(value)) != 1:
+            raise _refuse(key, value, "jaxgen's U-Net uses one value at every level")
+        value = value[0]
+    return value
+
+
 def unet_config_from_diffusers(cfg: dict) -> tuple[Any, tuple[int, int, int]]:
-    """(:class:`UNetConfig`, sample shape [H, W, C]) of a ``UNet2DModel`` config dict."""
+    """(:class:`UNetConfig`, sample shape [H, W, C]) of a ``UNet2DModel`` or
+    ``UNet2DConditionModel`` config dict (the latter: cross-attention to a context of width
+    ``cross_attention_dim``, ``attention_head_dim`` read as the head count, as diffusers
+    does for it)."""
     from jaxgen.nn.unet import UNetConfig
 
-    if cfg.get("_class_name", "UNet2DModel") != "UNet2DModel":
-        raise _refuse("_class_name", cfg.get("_class_name"), "jaxgen imports UNet2DModel "
-                      "(UNet2DConditionModel and AutoencoderKL are not yet mapped)")
-    for key, want in FIXED.items():
+    kind = cfg.get("_class_name", "UNet2DModel")
+    if kind not in UNET_CLASSES:
+        raise _refuse("_class_name", kind, f"jaxgen imports {' and '.join(UNET_CLASSES)} as a "
+                      "U-Net (AutoencoderKL through load_autoencoder)")
+    cross = kind == "UNet2DConditionModel"
+    fixed = {**FIXED, **CROSS_FIXED} if cross else FIXED
+    if cross:
+        fixed.pop("num_train_timesteps")
+    for key, want in fixed.items():
         if key in cfg and cfg[key] != want:
             raise _refuse(key, cfg[key], f"jaxgen's UNet computes {key}={want!r} only")
+    blocks = CROSS_DOWN_BLOCKS if cross else DOWN_BLOCKS
     down = list(cfg.get("down_block_types", ()))
-    if any(b not in DOWN_BLOCKS for b in down):
-        bad = next(b for b in down if b not in DOWN_BLOCKS)
-        raise _refuse("down_block_types", bad, f"jaxgen's UNet levels are {', '.join(DOWN_BLOCKS)}")
+    if any(b not in blocks for b in down):
+        bad = next(b for b in down if b not in blocks)
+        raise _refuse("down_block_types", bad, f"jaxgen's UNet levels are {', '.join(blocks)}")
     mirrored = [b.replace("Down", "Up") for b in reversed(down)]
     if list(cfg.get("up_block_types", ())) != mirrored:
         raise _refuse("up_block_types", cfg.get("up_block_types"), f"jaxgen's up path mirrors "
                       f"the down path: {mirrored}")
-    heads = cfg.get("attention_head_dim") or 8
     size = cfg.get("sample_size") or 32
     size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+    heads = {}
+    if cross:  # attention_head_dim is the number of heads here (diffusers' legacy naming)
+        heads = {"num_heads": int(_one(cfg, "num_attention_heads",
+                                       _one(cfg, "attention_head_dim", 8))),
+                 "cross_attention_dim": int(_one(cfg, "cross_attention_dim", 1280)),
+                 "transformer_layers": int(_one(cfg, "transformer_layers_per_block", 1))}
+    else:
+        heads = {"head_dim": int(cfg.get("attention_head_dim") or 8),
+                 "num_classes": int(cfg.get("num_class_embeds") or 0)}
     unet = UNetConfig(block_channels=tuple(cfg["block_out_channels"]),
-                      layers_per_block=int(cfg.get("layers_per_block", 2)),
-                      attention_levels=tuple(DOWN_BLOCKS[b] for b in down), mid_attention=True,
-                      head_dim=int(heads), num_classes=int(cfg.get("num_class_embeds") or 0),
+                      layers_per_block=int(_one(cfg, "layers_per_block", 2)),
+                      attention_levels=tuple(blocks[b] for b in down), mid_attention=True,
                       norm_groups=int(cfg.get("norm_num_groups", 32)),
                       norm_eps=float(cfg.get("norm_eps", 1e-5)),
-                      out_channels=int(cfg.get("out_channels", 3)), zero_init=False,
-                      dropout=float(cfg.get("dropout", 0.0)))
-    return unet, (int(size[0]), int(size[1]), int(cfg.get("in_channels", 3)))
+                      out_channels=int(cfg.get("out_channels", 4 if cross else 3)),
+                      zero_init=False, dropout=float(cfg.get("dropout", 0.0)), **heads)
+    return unet, (int(size[0]), int(size[1]), int(cfg.get("in_channels", 4 if cross else 3)))
 
 
 INNER = {"emb_proj": "time_emb_proj", "skip": "conv_shortcut", "norm": "group_norm",
@@ -112,12 +153,21 @@ def _block_name(part: str, up_index) -> str:
     return f"{way}_blocks.{block}.{sub}"
 
 
-def diffusers_name(path: tuple[str, ...], levels: int) -> str:
-    """A jaxgen UNet parameter's module path -> the diffusers ``UNet2DModel`` state-dict name
-    (without ".weight"/".bias")."""
+# inside a SpatialTransformer (diffusers' Transformer2DModel and its BasicTransformerBlocks)
+TRANSFORMER = {"norm": "norm", "to_out": "to_out.0", "wi": "net.0.proj", "wo": "net.2"}
+TRANSFORMER_BLOCK = re.compile(r"block(\d+)")
+
+
+def diffusers_name(path: tuple[str, ...], levels: int, cross: bool = False) -> str:
+    """A jaxgen UNet parameter's module path -> the diffusers ``UNet2DModel`` (or, with
+    ``cross``, ``UNet2DConditionModel``) state-dict name (without ".weight"/".bias")."""
     top, rest = path[0], list(path[1:])
     fixed = {"time_embed": "time_embedding", "label_embed": "class_embedding"}
     head = fixed.get(top) or _block_name(top, lambda lvl: levels - 1 - lvl)
+    if cross and "_attn" in top:
+        inner = [f"transformer_blocks.{m.group(1)}" if (m := TRANSFORMER_BLOCK.fullmatch(r))
+                 else TRANSFORMER.get(r, r) for r in rest]
+        return ".".join([head] + inner)
     return ".".join([head] + [INNER.get(r, r) for r in rest if r != "attn"])
 
 
@@ -175,8 +225,9 @@ def _get(files: SafetensorsFiles, name: str) -> np.ndarray:
 
 
 def load_unet(path: str, attention_kernel: str = "auto") -> tuple[Any, Any, tuple[int, int, int]]:
-    """(UNet module, params, sample shape) of a ``UNet2DModel`` folder; each tensor is read
-    and placed on the default device one at a time."""
+    """(UNet module, params, sample shape) of a ``UNet2DModel`` or ``UNet2DConditionModel``
+    folder (the latter's module is called with ``context=`` the encoder states [B, S, Dc]);
+    each tensor is read and placed on the default device one at a time."""
     import flax.linen as nn
 
     from jaxgen.nn.unet import UNet
@@ -193,9 +244,13 @@ def load_unet(path: str, attention_kernel: str = "auto") -> tuple[Any, Any, tupl
     x = jax.ShapeDtypeStruct((1, *shape), np.float32)
     t = jax.ShapeDtypeStruct((1,), np.float32)
     labels = None if not cfg.num_classes else jax.ShapeDtypeStruct((1,), np.int32)
+    context = (jax.ShapeDtypeStruct((1, 1, cfg.cross_attention_dim), np.float32)
+               if cfg.cross_attention_dim else None)
     abstract = nn.meta.unbox(jax.eval_shape(
-        lambda x, t, y: model.init(jax.random.key(0), x, t, y), x, t, labels))
-    params = _load(files, abstract["params"], lambda p: diffusers_name(p, cfg.levels))
+        lambda x, t, y, c: model.init(jax.random.key(0), x, t, y, False, c), x, t, labels,
+        context))
+    cross = bool(cfg.cross_attention_dim)
+    params = _load(files, abstract["params"], lambda p: diffusers_name(p, cfg.levels, cross))
     return model, {"params": params}, shape
 
 

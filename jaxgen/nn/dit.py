@@ -29,11 +29,13 @@ import numpy as np
 from jaxgen.nn.kernels import KernelName
 from jaxgen.nn.partitioning import constrain
 from jaxgen.nn.layers import (
+    Attention,
     DType,
     ImageSelfAttention,
     TimestepMLP,
     class_labels,
     conv,
+    cross_attention_context,
     dense,
     dtype_of,
     embed,
@@ -60,6 +62,11 @@ class DiTConfig:
       learn_sigma: also predict the variance interpolation (ADM / DiT): output 2 C channels.
       freq_dim: width of the timestep sinusoids.
       attention_kernel: the kernel of :func:`jaxgen.nn.kernels.attention`.
+      cross_attention_dim: 0: labels join the conditioning vector c (DiT). > 0: each block
+        also attends to a context [B, S, cross_attention_dim] after its self-attention
+        (``x += cross_attn(LN(x), context)``, PixArt-alpha, Chen et al. 2023), and labels
+        condition only through their learned context of ``context_tokens`` tokens.
+      context_tokens: tokens of the learned label context.
       dtype: compute dtype.
       param_dtype: parameter dtype.
     """
@@ -74,10 +81,14 @@ class DiTConfig:
     learn_sigma: bool = False
     freq_dim: int = 256
     attention_kernel: KernelName = "auto"
+    cross_attention_dim: int = 0
+    context_tokens: int = 1
     dtype: DType = "float32"
     param_dtype: DType = "float32"
 
     def __post_init__(self):
+        if self.cross_attention_dim < 0 or self.context_tokens < 1:
+            raise ValueError("cross_attention_dim must be >= 0 and context_tokens >= 1")
         if self.hidden % 4 or self.hidden % self.num_heads:
             raise ValueError(f"DiT hidden={self.hidden} must be a multiple of 4 and of "
                              f"num_heads={self.num_heads}")
@@ -122,7 +133,8 @@ class DiTBlock(nn.Module):
     cfg: DiTConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, c: jax.Array, context: jax.Array | None = None
+                 ) -> jax.Array:
         cfg, d = self.cfg, self.cfg.hidden
         kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
         dt = dtype_of(cfg.dtype)
@@ -133,6 +145,10 @@ class DiTBlock(nn.Module):
         h = ImageSelfAttention(cfg.num_heads, kernel=cfg.attention_kernel, kernel_init=XAVIER,
                                out_init=XAVIER, name="attn", **kw)(h)
         x = x + gate_msa[:, None, :] * h
+        if context is not None:  # PixArt-alpha: cross-attention, no modulation, zero out init
+            x = x + Attention(cfg.num_heads, kernel=cfg.attention_kernel, use_bias=True,
+                              kernel_init=XAVIER, out_init=ZEROS, name="cross_attn",
+                              **kw)(layer_norm(x).astype(dt), context)
         h = modulate(layer_norm(x), shift_mlp, scale_mlp).astype(dt)
         h = dense(int(d * cfg.mlp_ratio), ("embed", "mlp"), kernel_init=XAVIER, name="fc1",
                   **kw)(h)
@@ -145,9 +161,10 @@ class DiT(nn.Module):
     """The DiT denoiser (see the module docstring).
 
     ``__call__(x [B, H, W, C] float, t [B] float (timestep index or EDM's c_noise; a scalar is
-    broadcast), labels [B] int32 or None (None = the null label), train) -> [B, H, W, C_out]``
-    float32. ``train`` is accepted for interface parity with :class:`jaxgen.nn.unet.UNet`
-    (DiT uses no dropout). Raises ValueError when H or W is not a multiple of the patch size,
+    broadcast), labels [B] int32 or None (None = the null label), train, context [B, S, Dc] or
+    None) -> [B, H, W, C_out]`` float32 (``context``: see ``cross_attention_dim``). ``train`` is
+    accepted for interface parity with :class:`jaxgen.nn.unet.UNet` (DiT uses no dropout). Raises
+    ValueError when H or W is not a multiple of the patch size,
     or when labels are given to an unconditional model.
     """
 
@@ -155,7 +172,7 @@ class DiT(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, t: jax.Array, labels: jax.Array | None = None,
-                 train: bool = False) -> jax.Array:
+                 train: bool = False, context: jax.Array | None = None) -> jax.Array:
         del train
         cfg, p = self.config, self.config.patch_size
         b, height, width, c_in = x.shape
@@ -173,12 +190,14 @@ class DiT(nn.Module):
 
         c = TimestepMLP(cfg.hidden, cfg.freq_dim, kernel_init=nn.initializers.normal(0.02),
                         name="t_embedder", **kw)(t)
-        if labels is not None:
+        if cfg.cross_attention_dim:
+            context = cross_attention_context(cfg, labels, context)
+        elif labels is not None:
             c = c + embed(cfg.num_classes + 1, cfg.hidden, name="y_embedder",
                           init=nn.initializers.normal(0.02), **kw)(labels)
 
         for i in range(cfg.depth):
-            h = DiTBlock(cfg, name=f"block{i}")(h, c)
+            h = DiTBlock(cfg, name=f"block{i}")(h, c, context)
 
         # final layer (float32): adaLN then a zero-initialised linear to p*p*C_out per token
         f32 = dict(dtype="float32", param_dtype=cfg.param_dtype)

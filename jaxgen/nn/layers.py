@@ -147,8 +147,10 @@ class MLP(nn.Module):
 
     ``kind="swiglu"``: ``W_out (silu(x W_gate) * (x W_up))`` (Shazeer 2020, GLU variants), gate
     and up as one kernel [D, 2, F] (one matmul; the split is along its own small axis, so
-    sharding F over "tensor" never crosses a shard). ``kind="gelu"``: ``W_out gelu(x W_in)``
-    (Hendrycks & Gimpel 2016), as in GPT-2.
+    sharding F over "tensor" never crosses a shard). ``kind="geglu"``: the same with
+    ``(x W_up) * gelu(x W_gate)`` (exact gelu), diffusers' ``GEGLU`` feed-forward of its
+    transformer blocks, whose fused [D, 2F] projection holds the up half first.
+    ``kind="gelu"``: ``W_out gelu(x W_in)`` (Hendrycks & Gimpel 2016), as in GPT-2.
     """
 
     hidden: int
@@ -167,11 +169,15 @@ class MLP(nn.Module):
             gate_up = dense_general((2, self.hidden), ("embed", None, "mlp"), name="wi",
                                     kernel_init=self.kernel_init, **kw)(x)
             h = nn.silu(gate_up[..., 0, :]) * gate_up[..., 1, :]
+        elif self.kind == "geglu":
+            up_gate = dense_general((2, self.hidden), ("embed", None, "mlp"), name="wi",
+                                    kernel_init=self.kernel_init, **kw)(x)
+            h = up_gate[..., 0, :] * nn.gelu(up_gate[..., 1, :], approximate=False)
         elif self.kind == "gelu":
             h = nn.gelu(dense_general(self.hidden, ("embed", "mlp"), name="wi",
                                       kernel_init=self.kernel_init, **kw)(x), approximate=True)
         else:
-            raise ValueError(f"unknown MLP kind {self.kind!r}; use 'swiglu' or 'gelu'")
+            raise ValueError(f"unknown MLP kind {self.kind!r}; use 'swiglu', 'geglu' or 'gelu'")
         h = constrain(h, ("activation_batch",) + ("activation_length",) * (h.ndim - 2)
                       + ("activation_mlp",))
         return dense_general(d, ("mlp", "embed"), kernel_init=self.out_init, name="wo", **kw)(h)
@@ -264,3 +270,67 @@ class ImageSelfAttention(nn.Module):
                               kernel=self.kernel)
         return dense_general(d, ("heads", "kv", "embed"), axis=(-2, -1),
                              kernel_init=self.out_init, name="out", **kw)(o)
+
+
+class Attention(nn.Module):
+    """Multi-head attention of tokens x [B, T, D] to a context [B, S, Dc] (x itself when
+    ``context`` is None) -> [B, T, D]: separate q, k, v projections [D or Dc, heads, D/heads]
+    (biased only with ``use_bias``; diffusers' ``Attention(bias=False)``), the attention by
+    :func:`jaxgen.nn.kernels.attention` and a biased output projection [heads, D/heads, D]
+    (initialised by ``out_init``). With a context this is the cross-attention through which
+    latent diffusion is conditioned (Rombach et al. 2022, Sec. 3.3); its keys and values are
+    the context's, so S is free (one token per class label, 77 per CLIP prompt)."""
+
+    num_heads: int
+    kernel: str = "auto"
+    use_bias: bool = False
+    kernel_init: Initializer = nn.initializers.xavier_uniform()
+    out_init: Initializer = nn.initializers.xavier_uniform()
+    dtype: Any = "float32"
+    param_dtype: Any = "float32"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
+        b, t, d = x.shape
+        n = self.num_heads
+        if d % n:
+            raise ValueError(f"attention width {d} is not divisible by num_heads={n}")
+        source = x if context is None else context.astype(x.dtype)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.kernel_init)
+        proj = {name: dense_general((n, d // n), ("embed", "heads", "kv"), name=name,
+                                    use_bias=self.use_bias, **kw)
+                for name in ("to_q", "to_k", "to_v")}
+        o = kernels.attention(proj["to_q"](x), proj["to_k"](source), proj["to_v"](source),
+                              causal=False, kernel=self.kernel)
+        return dense_general(d, ("heads", "kv", "embed"), axis=(-2, -1), name="to_out",
+                             use_bias=True, **{**kw, "kernel_init": self.out_init})(o)
+
+
+def label_context(labels: jax.Array, num_classes: int, tokens: int, width: int,
+                  dtype: Any = "float32", param_dtype: Any = "float32") -> jax.Array:
+    """Class labels [B] (``num_classes`` = the null label) -> a learned context [B, tokens,
+    width] for cross-attention: LDM's class embedder (Rombach et al. 2022, App. E, class-
+    conditional ImageNet), one table row of ``tokens * width`` per label, the null label's row
+    being the unconditional context of classifier-free guidance. Call inside a compact module
+    (the table is the caller's ``context_embed`` parameter)."""
+    table = embed(num_classes + 1, tokens * width, name="context_embed",
+                  init=nn.initializers.normal(1.0), dtype=dtype, param_dtype=param_dtype)
+    return table(labels).reshape(labels.shape[0], tokens, width)
+
+
+def cross_attention_context(cfg: Any, labels: jax.Array | None,
+                            context: jax.Array | None) -> jax.Array:
+    """The context a cross-attention backbone attends to: ``context`` [B, S, Dc] as given, else
+    the labels' learned context (the null label's row for unconditional calls); called inside
+    the backbone's compact ``__call__``. ``cfg`` has ``num_classes``, ``context_tokens``,
+    ``cross_attention_dim``, ``dtype`` and ``param_dtype``."""
+    if context is not None:
+        if context.ndim != 3 or context.shape[-1] != cfg.cross_attention_dim:
+            raise ValueError(f"context must be [B, S, {cfg.cross_attention_dim}], got "
+                             f"{tuple(context.shape)}")
+        return context.astype(dtype_of(cfg.dtype))
+    if labels is None:
+        raise ValueError("a cross-attention model needs class labels (num_classes > 0) or a "
+                         "context")
+    return label_context(labels, cfg.num_classes, cfg.context_tokens, cfg.cross_attention_dim,
+                         cfg.dtype, cfg.param_dtype)

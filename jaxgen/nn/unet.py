@@ -16,6 +16,13 @@ out exactly like diffusers' ``UNet2DModel`` so the two can be compared shape for
   except at level 0.
 - ``norm_out`` (GroupNorm) -> SiLU -> ``conv_out`` 3x3 to C_out.
 
+With ``cross_attention_dim`` > 0 the layout is diffusers' ``UNet2DConditionModel`` (Stable
+Diffusion's, Rombach et al. 2022): every attention block is a :class:`SpatialTransformer`
+(``transformer_layers`` blocks of self-attention, cross-attention to a context [B, S, Dc] and a
+GEGLU feed-forward), and labels condition through a learned context instead of the time
+embedding; its weights import (jaxgen.hub.diffusers) and agree to 1e-4. Sizes that are not a
+multiple of ``2^(levels-1)`` work as diffusers' ``forward_upsample_size``: 7 -> 4 -> 7.
+
 Residual block (ADM): GroupNorm -> SiLU -> conv3x3, add Dense(SiLU(emb)) (or, with
 ``scale_shift``, ``GroupNorm(h) * (1 + scale) + shift`` as ADM's use_scale_shift_norm) ->
 GroupNorm -> SiLU -> dropout -> conv3x3, plus a 1x1-projected skip when the width changes.
@@ -44,6 +51,8 @@ import jax.numpy as jnp
 from jaxgen.nn.kernels import KernelName
 from jaxgen.nn.partitioning import BATCH, constrain
 from jaxgen.nn.layers import (
+    MLP,
+    Attention,
     DType,
     GroupNorm,
     ImageSelfAttention,
@@ -53,6 +62,8 @@ from jaxgen.nn.layers import (
     dense,
     dtype_of,
     embed,
+    cross_attention_context,
+    norm,
 )
 
 # DDPM's / score_sde's default_init: variance scaling 1.0, fan_avg, uniform.
@@ -94,6 +105,15 @@ class UNetConfig:
         every residual block starts as the identity and the model outputs 0 at init.
       attention_kernel: the kernel of :func:`jaxgen.nn.kernels.attention` ("auto": chosen
         for the platform, shapes and dtype).
+      cross_attention_dim: 0: attention blocks are self-attention and labels join the time
+        embedding (``UNet2DModel``). > 0: every attention block is a :class:`SpatialTransformer`
+        whose blocks also attend to a context [B, S, cross_attention_dim], and labels condition
+        only through that context (a learned ``context_tokens`` x ``cross_attention_dim`` row
+        per label, :func:`jaxgen.nn.layers.label_context`): the shape of diffusers'
+        ``UNet2DConditionModel`` (Rombach et al. 2022) with ``use_linear_projection=True``.
+      transformer_layers: transformer blocks per :class:`SpatialTransformer`
+        (diffusers' ``transformer_layers_per_block``).
+      context_tokens: tokens of the learned label context.
       dtype: compute dtype.
       param_dtype: parameter dtype.
     """
@@ -114,10 +134,16 @@ class UNetConfig:
     resblock_updown: bool = False
     zero_init: bool = True
     attention_kernel: KernelName = "auto"
+    cross_attention_dim: int = 0
+    transformer_layers: int = 1
+    context_tokens: int = 1
     dtype: DType = "float32"
     param_dtype: DType = "float32"
 
     def __post_init__(self):
+        if self.cross_attention_dim < 0 or self.transformer_layers < 1 or self.context_tokens < 1:
+            raise ValueError("cross_attention_dim must be >= 0, transformer_layers and "
+                             "context_tokens >= 1")
         if not self.block_channels or self.layers_per_block < 1:
             raise ValueError("UNetConfig needs at least one level and layers_per_block >= 1")
         if len(self.attention_levels) != len(self.block_channels):
@@ -147,12 +173,19 @@ class UNetConfig:
         return channels // self.head_dim
 
 
-def check_image_size(height: int, width: int, levels: int) -> None:
-    """ValueError unless H and W survive ``levels - 1`` exact halvings."""
+def check_image_size(height: int, width: int, levels: int, resblock_updown: bool = False
+                     ) -> None:
+    """ValueError unless H and W suit ``levels`` levels: at least ``2^(levels-1)``, and with
+    ``resblock_updown`` (exact 2x2 pooling) divisible by it. Other sizes are fine: a stride-2
+    conv rounds up (7 -> 4) and the up path takes the skip's size (4 -> 7), as diffusers'
+    ``forward_upsample_size``."""
     factor = 2 ** (levels - 1)
-    if height % factor or width % factor:
-        raise ValueError(f"UNet with {levels} levels needs H and W divisible by {factor}; "
-                         f"got {height}x{width}")
+    if resblock_updown and (height % factor or width % factor):
+        raise ValueError(f"UNet with {levels} levels and resblock_updown needs H and W "
+                         f"divisible by {factor}; got {height}x{width}")
+    if min(height, width) < factor:
+        raise ValueError(f"UNet with {levels} levels needs H and W of at least {factor}; got "
+                         f"{height}x{width}")
 
 
 def group_norm(cfg: UNetConfig, channels: int, name: str) -> GroupNorm:
@@ -170,12 +203,15 @@ def _conv(cfg: UNetConfig, features: int, kernel: int, name: str, *, zero: bool 
                 **{"dtype": cfg.dtype, "param_dtype": cfg.param_dtype, **kw})
 
 
-def _resample(x: jax.Array, mode: str) -> jax.Array:
-    """"down": 2x2 average pooling; "up": nearest-neighbour 2x; "none": x. x [B, H, W, C]."""
+def _resample(x: jax.Array, mode: str, size: tuple[int, int] | None = None) -> jax.Array:
+    """"down": 2x2 average pooling; "up": nearest-neighbour 2x, to ``size`` [H', W'] when given
+    (<= 2x: the first rows and columns, which is nearest-neighbour interpolation to that size);
+    "none": x. x [B, H, W, C]."""
     if mode == "down":
         return nn.avg_pool(x, (2, 2), strides=(2, 2))
     if mode == "up":
-        return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+        x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+        return x if size is None else x[:, :size[0], :size[1]]
     return x
 
 
@@ -234,6 +270,60 @@ class AttentionBlock(nn.Module):
         return x.astype(dtype_of(cfg.dtype)) + h.reshape(x.shape)
 
 
+class TransformerBlock(nn.Module):
+    """diffusers' ``BasicTransformerBlock``, tokens x [B, T, C], context [B, S, Dc] -> [B, T, C]:
+    ``x += attn1(LN(x))`` (self), ``x += attn2(LN(x), context)`` (cross), ``x += ff(LN(x))``
+    (GEGLU, 4 C wide), each LayerNorm with a scale and bias."""
+
+    cfg: UNetConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
+        cfg, c = self.cfg, x.shape[-1]
+        kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+        dt = dtype_of(cfg.dtype)
+        ln = lambda name: norm("layernorm", use_bias=True, name=name)  # noqa: E731
+        attn = lambda name: Attention(cfg.heads(c), kernel=cfg.attention_kernel,  # noqa: E731
+                                      kernel_init=DEFAULT_INIT, name=name, **kw)
+        x = x + attn("attn1")(ln("norm1")(x).astype(dt))
+        x = x + attn("attn2")(ln("norm2")(x).astype(dt), context)
+        return x + MLP(4 * c, kind="geglu", use_bias=True, kernel_init=DEFAULT_INIT,
+                       out_init=DEFAULT_INIT, name="ff", **kw)(ln("norm3")(x).astype(dt))
+
+
+class SpatialTransformer(nn.Module):
+    """diffusers' ``Transformer2DModel`` on feature maps, x [B, H, W, C], context [B, S, Dc] ->
+    [B, H, W, C]: GroupNorm (eps 1e-6), ``proj_in`` (linear), ``cfg.transformer_layers``
+    :class:`TransformerBlock` over the H*W tokens, ``proj_out`` (zero-initialised with
+    ``cfg.zero_init``), residual."""
+
+    cfg: UNetConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
+        cfg = self.cfg
+        b, hh, ww, c = x.shape
+        kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+        h = GroupNorm(group_count(c, cfg.norm_groups), epsilon=1e-6,
+                      param_dtype=cfg.param_dtype, name="norm")(x)
+        h = dense(c, ("conv_in", "conv_out"), kernel_init=DEFAULT_INIT, name="proj_in", **kw)(
+            h.astype(dtype_of(cfg.dtype)).reshape(b, hh * ww, c))
+        for i in range(cfg.transformer_layers):
+            h = TransformerBlock(cfg, name=f"block{i}")(h, context)
+        h = dense(c, ("conv_in", "conv_out"), kernel_init=ZEROS if cfg.zero_init else
+                  DEFAULT_INIT, name="proj_out", **kw)(h)
+        return x.astype(dtype_of(cfg.dtype)) + h.reshape(x.shape)
+
+
+def attention_block(cfg: UNetConfig, name: str):
+    """The attention block of a level: (h, context) -> h; self-attention, or with
+    ``cfg.cross_attention_dim`` a :class:`SpatialTransformer`."""
+    if cfg.cross_attention_dim:
+        return SpatialTransformer(cfg, name=name)
+    block = AttentionBlock(cfg, name=name)
+    return lambda h, context: block(h)
+
+
 class Downsample(nn.Module):
     """Halves H and W: a stride-2 3x3 conv with padding 1 (diffusers' ``Downsample2D``), or a
     down-resampling :class:`ResBlock` with ``cfg.resblock_updown``."""
@@ -249,43 +339,49 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Doubles H and W: nearest-neighbour 2x then a 3x3 conv (diffusers' ``Upsample2D``), or an
-    up-resampling :class:`ResBlock` with ``cfg.resblock_updown``."""
+    """Doubles H and W (or, given ``size``, to the skip's [H', W'] <= 2x): nearest-neighbour
+    then a 3x3 conv (diffusers' ``Upsample2D``), or an up-resampling :class:`ResBlock` with
+    ``cfg.resblock_updown``."""
 
     cfg: UNetConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, emb: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, emb: jax.Array, train: bool = False,
+                 size: tuple[int, int] | None = None) -> jax.Array:
         cfg, c = self.cfg, x.shape[-1]
         if cfg.resblock_updown:
             return ResBlock(cfg, c, resample="up", name="res")(x, emb, train)
-        return _conv(cfg, c, 3, "conv")(_resample(x, "up"))
+        return _conv(cfg, c, 3, "conv")(_resample(x, "up", size))
 
 
 class UNet(nn.Module):
     """The U-Net denoiser (see the module docstring for the layout).
 
     ``__call__(x [B, H, W, C] float, t [B] float (timestep index or EDM's c_noise; a scalar is
-    broadcast), labels [B] int32 or None (None = the null label), train) -> [B, H, W, C_out]``
-    float32. Raises ValueError when H or W cannot be halved ``levels - 1`` times, or when labels
-    are given to an unconditional model.
+    broadcast), labels [B] int32 or None (None = the null label), train, context [B, S, Dc] or
+    None) -> [B, H, W, C_out]`` float32. With ``cross_attention_dim`` the attention blocks
+    attend to ``context``, or when it is None to the labels' learned context. Raises ValueError
+    when H or W does not suit the levels (:func:`check_image_size`), when labels are given to
+    an unconditional model, or when a cross-attention model gets neither labels nor a context.
     """
 
     config: UNetConfig
 
     @nn.compact
     def __call__(self, x: jax.Array, t: jax.Array, labels: jax.Array | None = None,
-                 train: bool = False) -> jax.Array:
+                 train: bool = False, context: jax.Array | None = None) -> jax.Array:
         cfg = self.config
         b, height, width, c_in = x.shape
-        check_image_size(height, width, cfg.levels)
+        check_image_size(height, width, cfg.levels, cfg.resblock_updown)
         labels = class_labels(labels, b, cfg.num_classes)
         t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (b,))
         kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
 
         emb = TimestepMLP(cfg.emb_dim, cfg.block_channels[0], kernel_init=DEFAULT_INIT,
                           name="time_embed", **kw)(t)
-        if labels is not None:
+        if cfg.cross_attention_dim:
+            context = cross_attention_context(cfg, labels, context)
+        elif labels is not None:
             emb = emb + embed(cfg.num_classes + 1, cfg.emb_dim, name="label_embed",
                               init=nn.initializers.normal(1.0), **kw)(labels)
 
@@ -295,7 +391,7 @@ class UNet(nn.Module):
             for j in range(cfg.layers_per_block):
                 h = ResBlock(cfg, ch, name=f"down{i}_res{j}")(h, emb, train)
                 if cfg.attention_levels[i]:
-                    h = AttentionBlock(cfg, name=f"down{i}_attn{j}")(h)
+                    h = attention_block(cfg, f"down{i}_attn{j}")(h, context)
                 skips.append(h)
             if i < cfg.levels - 1:
                 h = Downsample(cfg, name=f"down{i}_downsample")(h, emb, train)
@@ -303,7 +399,7 @@ class UNet(nn.Module):
 
         h = ResBlock(cfg, cfg.block_channels[-1], name="mid_res0")(h, emb, train)
         if cfg.mid_attention:
-            h = AttentionBlock(cfg, name="mid_attn")(h)
+            h = attention_block(cfg, "mid_attn")(h, context)
         h = ResBlock(cfg, cfg.block_channels[-1], name="mid_res1")(h, emb, train)
 
         for i in reversed(range(cfg.levels)):
@@ -312,9 +408,9 @@ class UNet(nn.Module):
                 h = jnp.concatenate([h, skips.pop().astype(h.dtype)], axis=-1)
                 h = ResBlock(cfg, ch, name=f"up{i}_res{j}")(h, emb, train)
                 if cfg.attention_levels[i]:
-                    h = AttentionBlock(cfg, name=f"up{i}_attn{j}")(h)
+                    h = attention_block(cfg, f"up{i}_attn{j}")(h, context)
             if i > 0:
-                h = Upsample(cfg, name=f"up{i}_upsample")(h, emb, train)
+                h = Upsample(cfg, name=f"up{i}_upsample")(h, emb, train, skips[-1].shape[1:3])
 
         h = nn.silu(group_norm(cfg, h.shape[-1], "norm_out")(h))
         out = _conv(cfg, cfg.out_channels or c_in, 3, "conv_out", zero=cfg.zero_init,

@@ -9,9 +9,10 @@ Evaluation (``eval_step``, over the test split): ``recon_mse`` (mean squared err
 the posterior mean's reconstruction, in [0, 1] units), ``rate_nats`` (the KL per image),
 ``loss``. ``final_eval`` adds the latent's statistics over the test split: ``latent_std`` (the
 standard deviation of the posterior means, all components pooled) and ``scaling_factor`` =
-1 / latent_std, the scale a latent diffusion model multiplies latents by (Rombach et al. 2022,
-Sec. 4.3.2 and App. G, "rescale the latent by the component-wise standard deviation"), plus the
-latent's shape. An autoencoder is not a sampler of the data: ``sample`` decodes draws of the
+1 / latent_std, the one scale of Rombach et al. 2022 (Sec. 4.3.2 and App. G); the mean and
+standard deviation of each latent channel, which a latent diffusion model standardises by (the
+default, ``latent.normalize=channel``); the latent's shape; and ``recon_fd_lenet``. An autoencoder
+is not a sampler of the data: ``sample`` decodes draws of the
 KL term's prior N(0, I), and the family offers no sample-quality evaluation
 (``sample_eval_variants`` is empty).
 """
@@ -28,9 +29,12 @@ from jaxgen import signals
 from jaxgen.models.base import LossFamily, image_data, sampling_params, valid_images
 from jaxgen.models.autoencoder.settings import AutoencoderExperiment
 from jaxgen.nn.autoencoder import AutoencoderKL, kl_to_standard_normal
-from jaxgen.train.evaluate import sum_over_processes
+from jaxgen.train.evaluate import SAMPLE_REFERENCES, sum_over_processes
 from jaxgen.train.images import save_image_grid
 from jaxgen.train.state import TrainState
+
+RECON_FD_SAMPLES = 1000  # test digits whose reconstructions recon_fd_lenet scores
+
 
 def reconstruction_error(kind: str, x_hat: jax.Array, x: jax.Array) -> jax.Array:
     """Per-example sum over pixels of the squared (l2) or absolute (l1) error, float32 [B]."""
@@ -115,27 +119,48 @@ class AutoencoderFamily(LossFamily):
 
     # --------------------------------------------------------------------------- evaluation
     def final_eval(self, state: TrainState, batches: Iterable[dict]) -> dict:
-        """The latent's statistics over the test split (see the module docstring)."""
+        """The latent's statistics over the test split (see the module docstring), and where
+        the data has a sample reference set, ``recon_fd_lenet``: the Frechet distance of the
+        test digits' reconstructions to the test digits themselves (0 for a perfect
+        autoencoder; the best a latent diffusion model on this latent can approach)."""
         params = sampling_params(state)
-        sums = {"s1": 0.0, "s2": 0.0, "count": 0.0}
+        c = self.latent_shape[-1]
+        s1, s2, n = np.zeros(c), np.zeros(c), 0.0
+        recons = []
         for batch in batches:
             signals.check()
             x = valid_images(batch)
             if len(x) == 0:
                 continue
-            m = np.asarray(self._means(params, jnp.asarray(x)), np.float64)
-            sums["s1"] += float(m.sum())
-            sums["s2"] += float((m * m).sum())
-            sums["count"] += float(m.size)
-        sums = sum_over_processes(sums)
-        if sums["count"] <= 0:
+            m = np.asarray(self._means(params, jnp.asarray(x)), np.float64).reshape(-1, c)
+            s1, s2, n = s1 + m.sum(0), s2 + (m * m).sum(0), n + float(len(m))
+            if sum(map(len, recons)) < RECON_FD_SAMPLES:
+                recons.append(np.asarray(self._reconstruct(params, jnp.asarray(x))))
+        sums = sum_over_processes({"count": n, **{f"s1_{i}": v for i, v in enumerate(s1)},
+                                   **{f"s2_{i}": v for i, v in enumerate(s2)}})
+        n = sums["count"]
+        if n <= 0:
             raise ValueError("final_eval got no examples")
-        mean = sums["s1"] / sums["count"]
-        std = float(np.sqrt(max(sums["s2"] / sums["count"] - mean * mean, 1e-12)))
-        h, w, c = self.latent_shape
-        return {"latent_std": std, "latent_mean": mean, "scaling_factor": 1.0 / std,
-                "latent_shape": [h, w, c],
-                "compression": float(np.prod(self.shape)) / float(h * w * c)}
+        s1 = np.asarray([sums[f"s1_{i}"] for i in range(c)])
+        s2 = np.asarray([sums[f"s2_{i}"] for i in range(c)])
+        mean = float(s1.sum() / (n * c))
+        std = float(np.sqrt(max(s2.sum() / (n * c) - mean * mean, 1e-12)))
+        channel_mean = s1 / n
+        channel_std = np.sqrt(np.maximum(s2 / n - channel_mean ** 2, 1e-12))
+        h, w, _ = self.latent_shape
+        out = {"latent_std": std, "latent_mean": mean, "scaling_factor": 1.0 / std,
+               "latent_channel_mean": [float(v) for v in channel_mean],
+               "latent_channel_std": [float(v) for v in channel_std],
+               "latent_shape": [h, w, c],
+               "compression": float(np.prod(self.shape)) / float(h * w * c)}
+        reference = SAMPLE_REFERENCES.get(str(self.data_info.get("source", "")))
+        if reference and recons and jax.process_index() == 0:  # this process's test digits
+            from jaxgen import eval as eval_lib
+            r = np.concatenate(recons)[:RECON_FD_SAMPLES]
+            if len(r) >= eval_lib.MIN_SAMPLES:
+                out["recon_fd_lenet"] = eval_lib.sample_metrics(r, reference)["fd_lenet"]
+                out["recon_fd_samples"] = len(r)
+        return out
 
     def visualize(self, state: TrainState, rng: jax.Array, batch: dict,
                   path_prefix: str) -> list[str]:

@@ -58,7 +58,7 @@ class DiffusionFamily(LossFamily):
     def __init__(self, config: DiffusionExperiment, data_info: dict):
         self.image_shape, classes = image_data("diffusion", data_info)
         self.codec = (load_codec(config.latent.autoencoder, self.image_shape,
-                                 config.latent.scaling_factor)
+                                 config.latent.normalize, config.latent.scaling_factor)
                       if config.latent.autoencoder else None)
         self.shape = self.codec.latent_shape if self.codec else self.image_shape
         m = config.model
@@ -77,7 +77,7 @@ class DiffusionFamily(LossFamily):
                     raise ValueError(f"DiT patch size {m.patch_size} does not divide the image "
                                      f"size {h}x{w}")
             else:
-                check_image_size(h, w, self.backbone.levels)
+                check_image_size(h, w, self.backbone.levels, self.backbone.resblock_updown)
         except ValueError as e:
             raise UsageError(str(e)) from None
         self.objective = dataclasses.replace(

@@ -3,11 +3,17 @@ Models", Sec. 3-4): a diffusion model trained on the latents of a frozen, alread
 autoencoder (:mod:`jaxgen.models.autoencoder`), whose decoder turns its samples into images.
 
 :class:`LatentCodec` holds the autoencoder's weights (host numpy: they enter the diffusion
-model's programs as constants and are never trained) and its scale: images [B, H, W, C] in
-[0, 1] -> ``encode`` -> z = scaling_factor * (a posterior sample) [B, h, w, L]; ``decode`` maps
-z back to images in [0, 1]. The scaling factor (1 / the latent's standard deviation over the
-autoencoder's test split, Rombach et al. Sec. 4.3.2) gives the latents unit variance, the scale
-the noise schedules assume.
+model's programs as constants and are never trained) and the latent's normalisation: images
+[B, H, W, C] in [0, 1] -> ``encode`` -> z = (a posterior sample - shift) * scale [B, h, w, L];
+``decode`` maps z back to images in [0, 1]. The normalisation gives the latents the zero mean
+and unit variance the noise schedules assume:
+
+- ``channel`` (the default): each latent channel standardised by its own mean and standard
+  deviation over the autoencoder's test split (the per-channel ``latents_mean``/``latents_std``
+  of later latent models). On ``autoencoder_mnist`` the channel means differ by more than the
+  channels vary, so one pooled scale leaves each channel at 0.4-0.65 of unit variance.
+- ``scalar``: Rombach et al.'s single ``scaling_factor`` (1 / the pooled standard deviation,
+  Sec. 4.3.2), no shift; ``latent.scaling_factor`` fixes it (Stable Diffusion's is 0.18215).
 """
 from __future__ import annotations
 
@@ -30,13 +36,15 @@ class LatentCodec:
       workdir: the autoencoder's workdir.
       family: its :class:`~jaxgen.models.autoencoder.family.AutoencoderFamily`.
       params: its weights (the EMA where the run kept one), host arrays.
-      scaling_factor: latents are multiplied by this.
+      shift: per latent channel [L], subtracted from the autoencoder's latents.
+      scale: per latent channel [L], multiplied in after the shift.
     """
 
     workdir: str
     family: Any
     params: Any
-    scaling_factor: float
+    shift: tuple[float, ...]
+    scale: tuple[float, ...]
 
     @property
     def image_shape(self) -> tuple[int, ...]:
@@ -47,24 +55,26 @@ class LatentCodec:
         return tuple(self.family.latent_shape)
 
     def encode(self, images: jax.Array, rng: jax.Array | None = None) -> jax.Array:
-        """Images [B, H, W, C] in [0, 1] -> scaled latents [B, h, w, L]: a posterior sample with
-        ``rng``, the posterior mean without; no gradient reaches the autoencoder."""
+        """Images [B, H, W, C] in [0, 1] -> normalised latents [B, h, w, L]: a posterior sample
+        with ``rng``, the posterior mean without; no gradient reaches the autoencoder."""
         mean, logvar = self.family.encode(self.params, images.astype(jnp.float32))
         z = mean if rng is None else mean + jnp.exp(0.5 * logvar) * jax.random.normal(
             rng, mean.shape, jnp.float32)
-        return jax.lax.stop_gradient(z * self.scaling_factor)
+        shift, scale = (jnp.asarray(v, jnp.float32) for v in (self.shift, self.scale))
+        return jax.lax.stop_gradient((z - shift) * scale)
 
     def decode(self, z: jax.Array) -> jax.Array:
-        """Scaled latents [B, h, w, L] -> images [B, H, W, C] in [0, 1] (clipped)."""
-        images = self.family.decode(self.params, z.astype(jnp.float32) / self.scaling_factor)
+        """Normalised latents [B, h, w, L] -> images [B, H, W, C] in [0, 1] (clipped)."""
+        shift, scale = (jnp.asarray(v, jnp.float32) for v in (self.shift, self.scale))
+        images = self.family.decode(self.params, z.astype(jnp.float32) / scale + shift)
         return jnp.clip(images, 0.0, 1.0)
 
 
-def load_codec(workdir: str, image_shape: tuple[int, ...], scaling_factor: float = 0.0
-               ) -> LatentCodec:
-    """The autoencoder of ``workdir`` for images of ``image_shape``, its latents scaled by
-    ``scaling_factor`` (0: :func:`autoencoder_scale`); one-line UsageErrors for a missing
-    workdir, a run of another family, another image shape or no known scale."""
+def load_codec(workdir: str, image_shape: tuple[int, ...], normalize: str = "channel",
+               scaling_factor: float = 0.0) -> LatentCodec:
+    """The autoencoder of ``workdir`` for images of ``image_shape``, its latents normalised as
+    ``normalize`` says (``scaling_factor`` > 0 fixes the scalar scale); one-line UsageErrors for
+    a missing workdir, a run of another family, another image shape or no known statistics."""
     from jaxgen import api
 
     where = f"latent.autoencoder={workdir}"
@@ -80,22 +90,33 @@ def load_codec(workdir: str, image_shape: tuple[int, ...], scaling_factor: float
     if tuple(run.family.shape) != tuple(image_shape):
         raise UsageError(f"{where} encodes images of shape {tuple(run.family.shape)}, this "
                          f"data's are {tuple(image_shape)}")
-    return LatentCodec(workdir, run.family, jax.device_get(run.params),
-                       float(scaling_factor or autoencoder_scale(run, where)))
+    channels = int(run.family.latent_shape[-1])
+    if normalize == "scalar":
+        s = float(scaling_factor or latent_statistics(run, where)["scaling_factor"])
+        shift, scale = (0.0,) * channels, (s,) * channels
+    else:
+        stats = latent_statistics(run, where)
+        shift = tuple(float(v) for v in stats["latent_channel_mean"])
+        scale = tuple(1.0 / float(v) for v in stats["latent_channel_std"])
+    return LatentCodec(workdir, run.family, jax.device_get(run.params), shift, scale)
 
 
-def autoencoder_scale(run: Any, where: str) -> float:
-    """1 / the latent's standard deviation: from the autoencoder's eval.json (``jaxgen eval``
-    writes it), else computed over its test split as its ``final_eval`` does (the same number,
-    deterministic); a UsageError when neither is possible."""
+STATISTICS = ("scaling_factor", "latent_channel_mean", "latent_channel_std")
+
+
+def latent_statistics(run: Any, where: str) -> dict:
+    """The autoencoder's latent statistics (:data:`STATISTICS`): from its eval.json (``jaxgen
+    eval`` writes them), else computed over its test split as its ``final_eval`` does (the same
+    numbers, deterministic); a UsageError when neither is possible."""
     try:
         with open(os.path.join(run.workdir, "eval.json"), encoding="utf-8") as f:
-            return float(json.load(f)["scaling_factor"])
+            stats = json.load(f)
+        return {k: stats[k] for k in STATISTICS}
     except (OSError, ValueError, KeyError, TypeError):
         pass
     if not run.has_data:
-        raise UsageError(f"{where}: no scaling_factor in its eval.json and its data is not here "
-                         f"({run.missing_data}); run jaxgen eval --workdir {run.workdir} where "
-                         "it is, or set latent.scaling_factor")
-    return float(run.family.final_eval(run.state, run.built.datasets.make_eval())
-                 ["scaling_factor"])
+        raise UsageError(f"{where}: no latent statistics in its eval.json and its data is not "
+                         f"here ({run.missing_data}); run jaxgen eval --workdir {run.workdir} "
+                         "where it is, or set latent.normalize=scalar latent.scaling_factor=S")
+    stats = run.family.final_eval(run.state, run.built.datasets.make_eval())
+    return {k: stats[k] for k in STATISTICS}

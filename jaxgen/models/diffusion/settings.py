@@ -34,6 +34,10 @@ class DiffusionModel(UNetConfig):
       depth: DiT: the number of blocks.
       dit_heads: DiT: attention heads.
       mlp_ratio: DiT: MLP width / hidden.
+
+    ``cross_attention_dim`` > 0 conditions either backbone on the class label through
+    cross-attention to a learned context (Rombach et al. 2022) instead of an embedding added to
+    the time's; it needs ``conditional``.
     """
 
     backbone: Literal["unet", "dit"] = "unet"
@@ -48,6 +52,9 @@ class DiffusionModel(UNetConfig):
         super().__post_init__()
         if self.backbone == "dit":
             self.dit(0, 1)  # validates the DiT fields
+        if self.cross_attention_dim and not self.conditional:
+            raise ValueError("model.cross_attention_dim conditions on class labels through "
+                             "cross-attention; it needs model.conditional=True")
 
     def unet(self, num_classes: int, channels: int) -> UNetConfig:
         """The U-Net of these settings for data of ``channels`` channels and ``num_classes``."""
@@ -61,7 +68,9 @@ class DiffusionModel(UNetConfig):
         return DiTConfig(patch_size=self.patch_size, hidden=self.hidden, depth=self.depth,
                          num_heads=self.dit_heads, mlp_ratio=self.mlp_ratio,
                          num_classes=num_classes, out_channels=self.out_channels or channels,
-                         attention_kernel=self.attention_kernel, dtype=self.dtype,
+                         attention_kernel=self.attention_kernel,
+                         cross_attention_dim=self.cross_attention_dim,
+                         context_tokens=self.context_tokens, dtype=self.dtype,
                          param_dtype=self.param_dtype)
 
     def backbone_config(self, num_classes: int, channels: int) -> UNetConfig | DiTConfig:
@@ -114,18 +123,29 @@ class LatentSpace:
       autoencoder: the workdir of a trained ``autoencoder`` run ("": diffusion on pixels). Its
         encoder maps every training batch to latents (a posterior sample, as Rombach et al.),
         its decoder maps samples back to images; its weights never train here.
-      scaling_factor: latents are multiplied by this before diffusion (0: the autoencoder's
-        own, 1 / the latent's standard deviation over its test split: read from its eval.json,
-        which ``jaxgen eval`` writes, or computed the same way).
+      normalize: how latents are brought to zero mean and unit variance: ``channel`` (each
+        channel by its mean and standard deviation over the autoencoder's test split) or
+        ``scalar`` (Rombach et al.'s one scaling factor, no shift); see
+        :mod:`jaxgen.models.diffusion.latent`. The statistics are read from the autoencoder's
+        eval.json, which ``jaxgen eval`` writes, or computed the same way.
+      scaling_factor: the scalar normalisation's factor (0: 1 / the latent's pooled standard
+        deviation; Stable Diffusion's autoencoder uses 0.18215).
     """
 
     autoencoder: str = ""
+    normalize: Literal["channel", "scalar"] = "channel"
     scaling_factor: float = 0.0
 
     def __post_init__(self):
+        if self.normalize not in ("channel", "scalar"):
+            raise ValueError(f"latent.normalize must be channel or scalar, got "
+                             f"{self.normalize!r}")
         if self.scaling_factor < 0:
             raise ValueError(f"latent.scaling_factor must be >= 0 (0: the autoencoder's), got "
                              f"{self.scaling_factor}")
+        if self.scaling_factor and self.normalize != "scalar":
+            raise ValueError("latent.scaling_factor is the scalar normalisation's factor; set "
+                             "latent.normalize=scalar with it")
 
 
 @dataclasses.dataclass(frozen=True)
