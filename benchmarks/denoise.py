@@ -9,7 +9,11 @@ Rows (every jaxgen figure timed interleaved, round-robin, with its peer in the s
   - ``sample``: each sampler's whole loop (ddpm, ddim, dpmpp_2m, euler, heun) in images/s, with
     its network evaluations (``num_network_evals``) and diffusers' scheduler with the same steps;
   - ``python_loop``: the headline sampler as a Python loop of jitted steps
-    (``python_loop_sampler``) against the compiled ``lax.scan`` program.
+    (``python_loop_sampler``) against the compiled ``lax.scan`` program;
+  - ``latent``: latent against pixel diffusion at the recipes' shapes: ``ldm_mnist``'s backbone
+    on ``autoencoder_mnist``'s latent plus that autoencoder's decoder, against
+    ``diffusion_mnist``'s U-Net on the 28x28 digits, with the recipes' sampler and steps and the
+    same batch (random weights: speed only; ``vs_pixel`` = pixel time / latent time).
 
 ``vs_peer`` = diffusers time / jaxgen time (> 1: jaxgen faster). FLOP/s come from XLA's cost
 analysis of the unsharded forward at batch 1 (per image) times images times network
@@ -237,7 +241,8 @@ def _row(base: dict, impl: str, times, images: int, flops: float | None, peak: f
         if flops:
             row["gflops"] = flops / seconds / 1e9
             row["peak_frac"] = row["gflops"] / peak if peak else None
-        print(f"  {impl} {base['kind']} {base.get('sampler') or ''} batch {base['batch']} "
+        print(f"  {impl} {base['kind']} {base.get('model') or ''} {base.get('sampler') or ''} "
+              f"batch {base['batch']} "
               f"{base['dtype']}: {row['median_ms']:.1f} ms, {row['images_per_s']:.2f} images/s",
               file=sys.stderr, flush=True)
         if row["spread"] > WIDE_SPREAD:
@@ -323,6 +328,67 @@ def sampler_rows(opts: Options, params, per_image: float, peak: float, reason: s
     return rows
 
 
+def _recipe_sampler(name: str, quick: bool, latent_channels: int = 0):
+    """(blocking call, config) drawing a batch with recipe ``name``'s backbone (random
+    weights), objective and sampler; with ``latent_channels`` on autoencoder_mnist's latent,
+    decoded by its (random) decoder."""
+    from jaxgen import experiments
+    from jaxgen.nn.autoencoder import AutoencoderKL
+    from jaxgen.nn.dit import DiT, DiTConfig
+
+    variant = ":smoke" if quick else ""
+    c = experiments.get_config(name + variant)
+    classes = 10 if c.model.conditional else 0
+    shape = IMAGE
+    decode = None
+    if latent_channels:
+        ae = experiments.get_config("autoencoder_mnist" + variant).model.network(IMAGE[-1])
+        f = ae.factor
+        shape = (IMAGE[0] // f, IMAGE[1] // f, ae.latent_channels)
+        codec = AutoencoderKL(ae)
+        ae_params = codec.init(jax.random.key(3), jnp.zeros((1, *IMAGE)))
+        decode = lambda z: codec.apply(ae_params, z, method=AutoencoderKL.decode)  # noqa: E731
+    cfg = c.model.backbone_config(classes, shape[-1])
+    net = DiT(cfg) if isinstance(cfg, DiTConfig) else UNet(cfg)
+    labels = jnp.arange(LATENT_BATCH[quick]) % classes if classes else None
+    params = net.init(jax.random.key(0), jnp.zeros((1, *shape)), jnp.zeros((1,)),
+                      None if labels is None else labels[:1])
+    objective = dataclasses.replace(c.diffusion, null_label=classes or None)
+    b = LATENT_BATCH[quick]
+    sh = _mesh_sharding(b)
+
+    def draw(p, rng):
+        def model_fn(x, t, y):
+            return net.apply(p, jax.lax.with_sharding_constraint(x, sh), t, y)
+        x0 = samplers.sample_model(model_fn, objective, c.sample, (b, *shape), rng, labels)
+        return x0 if decode is None else decode(x0)
+
+    p = jax.device_put(params, NamedSharding(sh.mesh, P()))
+    fn = jax.jit(draw).lower(p, jax.random.key(1)).compile()
+    return (lambda: jax.block_until_ready(fn(p, jax.random.key(1)))), c
+
+
+LATENT_BATCH = {False: 100, True: 4}
+
+
+def latent_rows(quick: bool, repeats: int) -> list[dict]:
+    """The ``latent`` rows (see the module docstring), timed interleaved."""
+    from jaxgen import experiments
+
+    channels = experiments.get_config("autoencoder_mnist").model.latent_channels
+    pixel, pc = _recipe_sampler("diffusion_mnist", quick)
+    latent, lc = _recipe_sampler("ldm_mnist", quick, channels)
+    times = _measure({"pixel": pixel, "latent": latent}, repeats)
+    b, rows = LATENT_BATCH[quick], []
+    for model, c in (("pixel", pc), ("latent", lc)):
+        base = {"kind": "latent", "model": model, "batch": b, "dtype": str(c.model.dtype),
+                "sampler": c.sample.sampler, "steps": c.sample.steps,
+                "evals": samplers.num_network_evals(c.sample)}
+        rows.append(_row(base, "jaxgen", times[model], b, None, 0.0))
+    rows[1]["vs_pixel"] = rows[0]["median_ms"] / rows[1]["median_ms"]
+    return rows
+
+
 def measure_peak(quick: bool) -> float:
     """f32 matmul GFLOP/s on all host devices at once."""
     devices = len(jax.devices())
@@ -341,7 +407,8 @@ TABLE_COLUMNS = [
     ["compile_s", "compile s"], ["images_per_s", "images/s"], ["gflops", "GFLOP/s"],
     ["peak_frac", "of peak"],
     ["vs_peer", "diffusers/jaxgen time (>1: jaxgen faster)"],
-    ["vs_scan", "python loop/scan time"]]
+    ["vs_scan", "python loop/scan time"], ["model", "model"],
+    ["vs_pixel", "pixel/latent time (>1: latent faster)"]]
 
 PLOT = {"panels": [
     {"title": "forward pass, float32", "x": "batch", "y": "images_per_s", "series": "impl",
@@ -392,8 +459,10 @@ def run(quick: bool, out: str | None = None, quality: bool = False, **quality_op
     per_image = flops_per_image(opts.unet, params)
     rows = forward_rows(opts, params, per_image, peak, reason)
     rows += sampler_rows(opts, params, per_image, peak, reason)
+    rows += latent_rows(quick, opts.repeats)
     _ratios(rows)
     summary = summarize(rows, opts)
+    summary["latent_vs_pixel"] = rows[-1]["vs_pixel"]
     summary["loadavg_end"] = os.getloadavg()
     threads = None
     if not reason:
@@ -409,7 +478,10 @@ def run(quick: bool, out: str | None = None, quality: bool = False, **quality_op
              (f"headline {summary['headline']}: jaxgen {_fmt(summary['jaxgen_images_per_s'])} "
               f"images/s, diffusers {_fmt(summary['diffusers_images_per_s'])} images/s, ratio "
               f"{_fmt(summary['sample_ratio'])} (target >= 2: "
-              f"{'met' if summary['target_2x_met'] else 'not met'})")]
+              f"{'met' if summary['target_2x_met'] else 'not met'})"),
+             (f"latent ({rows[-1]['sampler']} {rows[-1]['steps']} steps, batch "
+              f"{rows[-1]['batch']}, decoder included): {_fmt(summary['latent_vs_pixel'])}x "
+              "the pixel model's images/s (ldm_mnist vs diffusion_mnist shapes, random weights)")]
     return {"rows": rows, "table_columns": TABLE_COLUMNS, "plot": PLOT, "notes": notes,
             "summary": summary,
             "meta": {"peak_matmul_gflops": peak, "loadavg_start": load, "torch_threads": threads,

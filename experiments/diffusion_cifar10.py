@@ -9,7 +9,9 @@ BigGAN-style residual up/down-sampling, scale-shift conditioning, attention at 1
 Variants:
   default      unconditional, as in the paper.
   conditional  class-conditional with label dropout 0.1, for classifier-free guidance.
-  tpu, gpu     the default recipe with batch 512 (bfloat16 compute, as the default).
+  tpu, gpu     the default recipe with batch 512 (bfloat16 compute, as the default) and every
+               residual and attention block rematerialised (``model.remat=full``), so the
+               activations of the larger batch need not all be held for the backward pass.
 
 This machine has neither the data nor the network to prepare it:
 
@@ -39,7 +41,8 @@ def get_config(variant: str = "default") -> DiffusionExperiment:
                              attention_levels=(False, True, False, False), head_dim=0,
                              num_heads=1, dropout=0.1, norm_groups=32, scale_shift=True,
                              resblock_updown=True, dtype="bfloat16",
-                             conditional=variant == "conditional"),
+                             conditional=variant == "conditional",
+                             remat="full" if variant in ("tpu", "gpu") else "none"),
         diffusion=DiffusionConfig(parameterization="eps", schedule="linear"),
         optim=OptimConfig(name="adam", lr=2e-4, schedule="constant", warmup_steps=5000,
                           clip_norm=1.0),

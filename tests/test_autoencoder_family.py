@@ -234,3 +234,28 @@ def test_latent_autoencoder_bad_input_is_one_line(ae_workdir, tmp_path):
     errors = [ln for ln in r.stderr.splitlines() if not ln.startswith("jaxgen: INFO")]
     assert r.returncode == 2 and len(errors) == 1, r.stderr[-1000:]
     assert "holds a vae run, not an autoencoder" in errors[0] and "Traceback" not in r.stderr
+
+
+def test_an_untrained_recipe_codec_stands_in_where_no_workdir_is_here(ae_workdir, tmp_path):
+    """latent.autoencoder=recipe:NAME builds that recipe's autoencoder untrained (shift 0,
+    scale 1; for jaxgen compile and speed rows); jaxgen compile swaps it in for a missing
+    workdir when latent.recipe names one, and keeps a real workdir; the trainer does not
+    take the recipe name for a path; a recipe of another family is one line."""
+    from jaxgen.aot.experiment import untrained_latent
+    from jaxgen.models.diffusion.latent import load_codec
+
+    codec = load_codec("recipe:autoencoder_mnist:smoke", (28, 28, 1))
+    assert codec.latent_shape == (7, 7, 4) and codec.shift == (0.0,) * 4
+    assert codec.scale == (1.0,) * 4
+    x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 28, 28, 1)), jnp.float32)
+    assert codec.decode(codec.encode(x)).shape == (2, 28, 28, 1)
+    with pytest.raises(UsageError, match="is a vae recipe, not an autoencoder"):
+        load_codec("recipe:vae_mnist", (28, 28, 1))
+    missing = _ldm(str(tmp_path / "nowhere"), "latent.recipe=autoencoder_mnist:smoke")
+    assert untrained_latent(missing).latent.autoencoder == "recipe:autoencoder_mnist:smoke"
+    here = _ldm(ae_workdir[0], "latent.recipe=autoencoder_mnist:smoke")
+    assert untrained_latent(here) == here
+    assert untrained_latent(_ldm(str(tmp_path / "nowhere"))).latent.autoencoder.endswith(
+        "nowhere")  # no recipe: load_codec's own one-line error follows
+    assert loop.absolute_data_paths(untrained_latent(missing)).latent.autoencoder == \
+        "recipe:autoencoder_mnist:smoke"

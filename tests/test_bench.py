@@ -105,7 +105,7 @@ def _check_attention(section):
 
 def _check_denoise(section, record):
     """The tiny UNet, 2 steps, batch 2: every sampler against diffusers, forward rows, the
-    Python-loop comparison."""
+    Python-loop comparison; the latent rows (ldm_mnist against diffusion_mnist, smoke)."""
     assert section["status"] == "ok", section["reason"]
     rows = _timed_rows(section, "median_ms")
     samplers = {r["sampler"] for r in rows if r["kind"] == "sample" and r["impl"] == "jaxgen"}
@@ -115,7 +115,13 @@ def _check_denoise(section, record):
     heun = [r for r in rows if r["kind"] == "sample" and r["sampler"] == "heun"]
     assert {r["evals"] for r in heun} == {3}  # 2 steps - 1 corrections, as diffusers counts
     if record["versions"]["diffusers"]:
-        assert all(r.get("vs_peer", 0) > 0 for r in rows if r["impl"] == "jaxgen")
+        assert all(r.get("vs_peer", 0) > 0 for r in rows
+                   if r["impl"] == "jaxgen" and r["kind"] != "latent")
+    latent = {r["model"]: r for r in rows if r["kind"] == "latent"}  # the recipes' smoke shapes
+    assert set(latent) == {"pixel", "latent"} and latent["latent"]["vs_pixel"] > 0
+    assert latent["latent"]["sampler"] == latent["pixel"]["sampler"]
+    assert latent["latent"]["steps"] == latent["pixel"]["steps"]
+    assert section["summary"]["latent_vs_pixel"] == latent["latent"]["vs_pixel"]
     assert section["meta"]["peak_matmul_gflops"] > 0 and len(section["meta"]["loadavg_start"]) == 3
     assert "diffusers/jaxgen time (>1: jaxgen faster)" in _section_table(section)[0]
 

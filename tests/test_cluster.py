@@ -45,6 +45,12 @@ TINY_TPU = {
         "data.batch_size=8", "model.block_channels=[64,64]", "model.layers_per_block=1",
         "model.attention_levels=[false,true]", "model.head_dim=64", "model.dropout=0",
         "train.num_samples=8", "sample.steps=2"]),
+    "autoencoder": ("autoencoder_mnist:tpu", [
+        "data.batch_size=8", "model.block_channels=[16,16,32]", "model.norm_groups=8",
+        "train.num_samples=8"]),
+    # the latent model compiles with an untrained autoencoder of latent.recipe (no workdir
+    # here): its encoder in the train step, its decoder after the sampler
+    "ldm": ("ldm_cifar10:smoke", ["model.dtype=bfloat16", "sample.steps=2"]),
     "lm": ("lm_shakespeare_char:tpu", [
         "data.batch_size=8", "data.eval_batch_size=8", "data.seq_len=128", "model.num_layers=2",
         "model.d_model=128", "model.num_heads=2", "train.num_samples=4",
@@ -80,6 +86,8 @@ def test_every_family_compiles_train_step_and_sampler_for_v5e_in_bfloat16(family
         # the Pallas TPU kernel, as Mosaic custom calls in the compiled step
         assert kernels == {"splash"} and dtypes == {"bfloat16"}
         assert r["programs"]["train"]["cost"]["custom_calls"].get("tpu_custom_call", 0) >= 2
+    elif family in ("autoencoder", "ldm"):  # attention over 4x4 / 7x7 tokens: XLA's, bf16
+        assert kernels == {"xla"} and dtypes == {"bfloat16"}
     else:
         assert kernels == set()
 

@@ -105,7 +105,7 @@ def test_a_workdir_config_with_a_bad_value_is_refused_naming_the_key():
 
 
 RECIPES = ("vae_mnist", "gan_mnist", "diffusion_mnist", "lm_shakespeare_char",
-           "autoencoder_mnist", "ldm_mnist")
+           "autoencoder_mnist", "ldm_mnist", "autoencoder_cifar10", "ldm_cifar10")
 
 
 @pytest.mark.parametrize("name", RECIPES)

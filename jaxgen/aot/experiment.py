@@ -10,7 +10,9 @@ time and MFU in it is the compiler's estimate, not a measurement.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import time
 from typing import Any, Optional, Sequence
 
@@ -31,6 +33,20 @@ def _config(spec: str | Experiment, overrides: Sequence[str]) -> Experiment:
 
     config = experiments.get_config(spec) if isinstance(spec, str) else spec
     return experiments.apply_overrides(config, list(overrides))
+
+
+def untrained_latent(config: Experiment) -> Experiment:
+    """A latent diffusion config whose ``latent.autoencoder`` workdir is not on this host, with
+    the untrained autoencoder of ``latent.recipe`` instead (``recipe:NAME``): its programs have
+    the trained model's shapes and cost, which is all a compile needs."""
+    latent = getattr(config, "latent", None)
+    path = getattr(latent, "autoencoder", "")
+    if not path or path.startswith("recipe:") or os.path.isdir(path) or not latent.recipe:
+        return config  # pixels, already a recipe, a real workdir, or load_codec's own error
+    log.info("latent.autoencoder=%s is not here: compiling with an untrained %s", path,
+             latent.recipe)
+    return dataclasses.replace(config, latent=dataclasses.replace(
+        latent, autoencoder=f"recipe:{latent.recipe}"))
 
 
 def _abstract_batch(run: Any, batch_size: int) -> dict:
@@ -118,7 +134,7 @@ def compile_experiment(spec: str | Experiment, topology: str, *, slices: int = 1
     if unknown:
         raise UsageError(f"unknown program(s) {', '.join(unknown)}; choose from "
                          f"{', '.join(PROGRAMS)}")
-    config = _config(spec, overrides)
+    config = untrained_latent(_config(spec, overrides))
     devices = topology_devices(topology, slices)
     m = config.mesh
     mesh = make_topology_mesh(devices, {"data": m.data, "fsdp": m.fsdp, "tensor": m.tensor},

@@ -20,6 +20,7 @@ statistics, the final layer and the output are float32.
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import flax.linen as nn
 import jax
@@ -29,6 +30,7 @@ import numpy as np
 from jaxgen.nn.kernels import KernelName
 from jaxgen.nn.partitioning import constrain
 from jaxgen.nn.layers import (
+    REMAT,
     Attention,
     DType,
     ImageSelfAttention,
@@ -39,6 +41,7 @@ from jaxgen.nn.layers import (
     dense,
     dtype_of,
     embed,
+    rematted,
 )
 
 XAVIER = nn.initializers.xavier_uniform()
@@ -67,6 +70,10 @@ class DiTConfig:
         (``x += cross_attn(LN(x), context)``, PixArt-alpha, Chen et al. 2023), and labels
         condition only through their learned context of ``context_tokens`` tokens.
       context_tokens: tokens of the learned label context.
+      scan_layers: stack the blocks' parameters (a leading "layers" axis) and run them with
+        ``nn.scan``: compile time stays flat in depth.
+      remat: rematerialise each block in the backward pass (none, full or dots,
+        :func:`jaxgen.nn.layers.remat_policy`).
       dtype: compute dtype.
       param_dtype: parameter dtype.
     """
@@ -83,10 +90,14 @@ class DiTConfig:
     attention_kernel: KernelName = "auto"
     cross_attention_dim: int = 0
     context_tokens: int = 1
+    scan_layers: bool = False
+    remat: Literal["none", "full", "dots"] = "none"
     dtype: DType = "float32"
     param_dtype: DType = "float32"
 
     def __post_init__(self):
+        if self.remat not in REMAT:
+            raise ValueError(f"remat must be one of {', '.join(REMAT)}, got {self.remat!r}")
         if self.cross_attention_dim < 0 or self.context_tokens < 1:
             raise ValueError("cross_attention_dim must be >= 0 and context_tokens >= 1")
         if self.hidden % 4 or self.hidden % self.num_heads:
@@ -128,9 +139,11 @@ def layer_norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
 
 
 class DiTBlock(nn.Module):
-    """One adaLN-Zero DiT block, x [B, T, D], c [B, D] -> [B, T, D]."""
+    """One adaLN-Zero DiT block, x [B, T, D], c [B, D] -> [B, T, D] (``scanned``: the
+    ``(x, None)`` carry and output ``nn.scan`` expects)."""
 
     cfg: DiTConfig
+    scanned: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, c: jax.Array, context: jax.Array | None = None
@@ -154,7 +167,8 @@ class DiTBlock(nn.Module):
                   **kw)(h)
         h = dense(d, ("mlp", "embed"), kernel_init=XAVIER, name="fc2",
                   **kw)(nn.gelu(h, approximate=True))
-        return constrain(x + gate_mlp[:, None, :] * h, ACT)
+        x = constrain(x + gate_mlp[:, None, :] * h, ACT)
+        return (x, None) if self.scanned else x
 
 
 class DiT(nn.Module):
@@ -196,8 +210,15 @@ class DiT(nn.Module):
             c = c + embed(cfg.num_classes + 1, cfg.hidden, name="y_embedder",
                           init=nn.initializers.normal(0.02), **kw)(labels)
 
-        for i in range(cfg.depth):
-            h = DiTBlock(cfg, name=f"block{i}")(h, c, context)
+        if cfg.scan_layers:
+            blocks = nn.scan(rematted(DiTBlock, cfg, prevent_cse=False),
+                             variable_axes={"params": 0}, split_rngs={"params": True},
+                             in_axes=(nn.broadcast, nn.broadcast), length=cfg.depth,
+                             metadata_params={nn.PARTITION_NAME: "layers"})
+            h, _ = blocks(cfg, True, name="blocks")(h, c, context)
+        else:
+            for i in range(cfg.depth):
+                h = rematted(DiTBlock, cfg)(cfg, name=f"block{i}")(h, c, context)
 
         # final layer (float32): adaLN then a zero-initialised linear to p*p*C_out per token
         f32 = dict(dtype="float32", param_dtype=cfg.param_dtype)

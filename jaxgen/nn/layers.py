@@ -334,3 +334,27 @@ def cross_attention_context(cfg: Any, labels: jax.Array | None,
                          "context")
     return label_context(labels, cfg.num_classes, cfg.context_tokens, cfg.cross_attention_dim,
                          cfg.dtype, cfg.param_dtype)
+
+
+REMAT = ("none", "full", "dots")
+
+
+def remat_policy(name: str):
+    """``jax.checkpoint`` policy of a ``remat`` setting (Chen et al. 2016): "full" keeps only
+    a block's inputs and recomputes the rest in the backward pass; "dots" also keeps the
+    matmul/conv outputs without batch dimensions (recomputing the cheap element-wise work)."""
+    if name not in ("full", "dots"):
+        raise ValueError(f"remat must be one of {', '.join(REMAT)}, got {name!r}")
+    return {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}[name]
+
+
+def rematted(module: type, cfg: Any, static: tuple[int, ...] = (), prevent_cse: bool = True
+             ) -> type:
+    """``module`` under ``nn.remat`` with ``cfg.remat``'s policy (``static``: the positional
+    arguments, self = 0, that are Python values; ``prevent_cse=False`` inside ``nn.scan``,
+    which already keeps XLA from merging the recomputation away), or ``module`` itself for
+    "none"."""
+    if cfg.remat == "none":
+        return module
+    return nn.remat(module, policy=remat_policy(cfg.remat), static_argnums=static,
+                    prevent_cse=prevent_cse)

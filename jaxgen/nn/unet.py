@@ -42,7 +42,7 @@ statistics, the embedding sinusoids and the final conv and output are float32.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
@@ -52,6 +52,7 @@ from jaxgen.nn.kernels import KernelName
 from jaxgen.nn.partitioning import BATCH, constrain
 from jaxgen.nn.layers import (
     MLP,
+    REMAT,
     Attention,
     DType,
     GroupNorm,
@@ -60,10 +61,11 @@ from jaxgen.nn.layers import (
     class_labels,
     conv,
     dense,
+    cross_attention_context,
     dtype_of,
     embed,
-    cross_attention_context,
     norm,
+    rematted,
 )
 
 # DDPM's / score_sde's default_init: variance scaling 1.0, fan_avg, uniform.
@@ -114,6 +116,9 @@ class UNetConfig:
       transformer_layers: transformer blocks per :class:`SpatialTransformer`
         (diffusers' ``transformer_layers_per_block``).
       context_tokens: tokens of the learned label context.
+      remat: rematerialise every residual and attention block in the backward pass (none,
+        full or dots, :func:`jaxgen.nn.layers.remat_policy`): activation memory of the train
+        step for about a third more compute, what accelerators at real batch sizes need.
       dtype: compute dtype.
       param_dtype: parameter dtype.
     """
@@ -137,10 +142,13 @@ class UNetConfig:
     cross_attention_dim: int = 0
     transformer_layers: int = 1
     context_tokens: int = 1
+    remat: Literal["none", "full", "dots"] = "none"
     dtype: DType = "float32"
     param_dtype: DType = "float32"
 
     def __post_init__(self):
+        if self.remat not in REMAT:
+            raise ValueError(f"remat must be one of {', '.join(REMAT)}, got {self.remat!r}")
         if self.cross_attention_dim < 0 or self.transformer_layers < 1 or self.context_tokens < 1:
             raise ValueError("cross_attention_dim must be >= 0, transformer_layers and "
                              "context_tokens >= 1")
@@ -315,12 +323,18 @@ class SpatialTransformer(nn.Module):
         return x.astype(dtype_of(cfg.dtype)) + h.reshape(x.shape)
 
 
+def res_block(cfg: UNetConfig, out_channels: int, name: str, resample: str = "none"):
+    """A :class:`ResBlock`, rematerialised as ``cfg.remat`` says: (x, emb, train) -> h."""
+    return rematted(ResBlock, cfg, static=(3,))(cfg, out_channels, resample, name=name)
+
+
 def attention_block(cfg: UNetConfig, name: str):
     """The attention block of a level: (h, context) -> h; self-attention, or with
-    ``cfg.cross_attention_dim`` a :class:`SpatialTransformer`."""
+    ``cfg.cross_attention_dim`` a :class:`SpatialTransformer`; rematerialised as
+    ``cfg.remat`` says."""
     if cfg.cross_attention_dim:
-        return SpatialTransformer(cfg, name=name)
-    block = AttentionBlock(cfg, name=name)
+        return rematted(SpatialTransformer, cfg)(cfg, name=name)
+    block = rematted(AttentionBlock, cfg)(cfg, name=name)
     return lambda h, context: block(h)
 
 
@@ -389,7 +403,7 @@ class UNet(nn.Module):
         skips = [h]
         for i, ch in enumerate(cfg.block_channels):
             for j in range(cfg.layers_per_block):
-                h = ResBlock(cfg, ch, name=f"down{i}_res{j}")(h, emb, train)
+                h = res_block(cfg, ch, f"down{i}_res{j}")(h, emb, train)
                 if cfg.attention_levels[i]:
                     h = attention_block(cfg, f"down{i}_attn{j}")(h, context)
                 skips.append(h)
@@ -397,16 +411,16 @@ class UNet(nn.Module):
                 h = Downsample(cfg, name=f"down{i}_downsample")(h, emb, train)
                 skips.append(h)
 
-        h = ResBlock(cfg, cfg.block_channels[-1], name="mid_res0")(h, emb, train)
+        h = res_block(cfg, cfg.block_channels[-1], "mid_res0")(h, emb, train)
         if cfg.mid_attention:
             h = attention_block(cfg, "mid_attn")(h, context)
-        h = ResBlock(cfg, cfg.block_channels[-1], name="mid_res1")(h, emb, train)
+        h = res_block(cfg, cfg.block_channels[-1], "mid_res1")(h, emb, train)
 
         for i in reversed(range(cfg.levels)):
             ch = cfg.block_channels[i]
             for j in range(cfg.layers_per_block + 1):
                 h = jnp.concatenate([h, skips.pop().astype(h.dtype)], axis=-1)
-                h = ResBlock(cfg, ch, name=f"up{i}_res{j}")(h, emb, train)
+                h = res_block(cfg, ch, f"up{i}_res{j}")(h, emb, train)
                 if cfg.attention_levels[i]:
                     h = attention_block(cfg, f"up{i}_attn{j}")(h, context)
             if i > 0:

@@ -213,8 +213,10 @@ PATH_FIELDS = ("path", "eval_path", "data_dir", "tokenizer_path")
 TOKENIZER_FILE = "tokenizer.json"
 
 
-# Settings outside ``data`` that name a path ("group.key"): made absolute the same way.
+# Settings outside ``data`` that name a path ("group.key"): made absolute the same way, unless
+# the value names a recipe ("recipe:NAME") instead of a path.
 OTHER_PATH_SETTINGS = ("latent.autoencoder",)
+NOT_A_PATH = "recipe:"
 
 
 def absolute_data_paths(config: Experiment) -> Experiment:
@@ -227,7 +229,7 @@ def absolute_data_paths(config: Experiment) -> Experiment:
     for setting in OTHER_PATH_SETTINGS:
         group, key = setting.split(".")
         value = getattr(getattr(config, group, None), key, "")
-        if value:
+        if value and not value.startswith(NOT_A_PATH):
             group_value = dataclasses.replace(getattr(config, group), **{
                 key: os.path.abspath(os.path.expanduser(value))})
             config = dataclasses.replace(config, **{group: group_value})

@@ -74,16 +74,20 @@ def load_codec(workdir: str, image_shape: tuple[int, ...], normalize: str = "cha
                scaling_factor: float = 0.0) -> LatentCodec:
     """The autoencoder of ``workdir`` for images of ``image_shape``, its latents normalised as
     ``normalize`` says (``scaling_factor`` > 0 fixes the scalar scale); one-line UsageErrors for
-    a missing workdir, a run of another family, another image shape or no known statistics."""
+    a missing workdir, a run of another family, another image shape or no known statistics.
+    ``workdir`` = ``recipe:NAME[:VARIANT]``: :func:`untrained_codec` of that recipe."""
     from jaxgen import api
 
+    if workdir.startswith(UNTRAINED):
+        return untrained_codec(workdir[len(UNTRAINED):], image_shape)
     where = f"latent.autoencoder={workdir}"
     try:
         with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
             family = json.load(f).get("family")
     except (OSError, ValueError, AttributeError):
         raise UsageError(f"{where}: not a jaxgen workdir (no readable config.json); train one "
-                         "with jaxgen train autoencoder_mnist") from None
+                         "with jaxgen train autoencoder_mnist (or the recipe latent.recipe "
+                         "names)") from None
     if family != "autoencoder":
         raise UsageError(f"{where} holds a {family} run, not an autoencoder")
     run = api.load(workdir)  # with its data where the files are there (the scale may need it)
@@ -99,6 +103,30 @@ def load_codec(workdir: str, image_shape: tuple[int, ...], normalize: str = "cha
         shift = tuple(float(v) for v in stats["latent_channel_mean"])
         scale = tuple(1.0 / float(v) for v in stats["latent_channel_std"])
     return LatentCodec(workdir, run.family, jax.device_get(run.params), shift, scale)
+
+
+UNTRAINED = "recipe:"
+
+
+def untrained_codec(spec: str, image_shape: tuple[int, ...]) -> LatentCodec:
+    """A randomly initialised autoencoder of recipe ``spec`` ("autoencoder_cifar10:tpu") with
+    shift 0 and scale 1: the shapes and cost of a latent model without a trained autoencoder,
+    for ``jaxgen compile`` and speed measurements; its samples mean nothing."""
+    from jaxgen import experiments, models
+
+    where = f"latent.autoencoder={UNTRAINED}{spec}"
+    try:
+        config = experiments.get_config(spec)
+    except (KeyError, ValueError) as e:
+        raise UsageError(f"{where}: {e}") from None
+    if config.family != "autoencoder":
+        raise UsageError(f"{where} is a {config.family} recipe, not an autoencoder")
+    family = models.make_family(config, {"kind": "image", "shape": tuple(image_shape)})
+    import flax.linen as nn
+
+    params = jax.device_get(nn.meta.unbox(jax.jit(family.init_params)(jax.random.key(0))))
+    channels = int(family.latent_shape[-1])
+    return LatentCodec(where, family, params, (0.0,) * channels, (1.0,) * channels)
 
 
 STATISTICS = ("scaling_factor", "latent_channel_mean", "latent_channel_std")

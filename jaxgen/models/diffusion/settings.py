@@ -34,6 +34,8 @@ class DiffusionModel(UNetConfig):
       depth: DiT: the number of blocks.
       dit_heads: DiT: attention heads.
       mlp_ratio: DiT: MLP width / hidden.
+      scan_layers: DiT: stack the blocks and run them with ``nn.scan`` (compile time flat in
+        depth).
 
     ``cross_attention_dim`` > 0 conditions either backbone on the class label through
     cross-attention to a learned context (Rombach et al. 2022) instead of an embedding added to
@@ -47,6 +49,7 @@ class DiffusionModel(UNetConfig):
     depth: int = _DIT.depth
     dit_heads: int = _DIT.num_heads
     mlp_ratio: float = _DIT.mlp_ratio
+    scan_layers: bool = _DIT.scan_layers
 
     def __post_init__(self):
         super().__post_init__()
@@ -70,7 +73,8 @@ class DiffusionModel(UNetConfig):
                          num_classes=num_classes, out_channels=self.out_channels or channels,
                          attention_kernel=self.attention_kernel,
                          cross_attention_dim=self.cross_attention_dim,
-                         context_tokens=self.context_tokens, dtype=self.dtype,
+                         context_tokens=self.context_tokens, scan_layers=self.scan_layers,
+                         remat=self.remat, dtype=self.dtype,
                          param_dtype=self.param_dtype)
 
     def backbone_config(self, num_classes: int, channels: int) -> UNetConfig | DiTConfig:
@@ -130,11 +134,15 @@ class LatentSpace:
         eval.json, which ``jaxgen eval`` writes, or computed the same way.
       scaling_factor: the scalar normalisation's factor (0: 1 / the latent's pooled standard
         deviation; Stable Diffusion's autoencoder uses 0.18215).
+      recipe: the recipe that trains ``autoencoder`` (named in errors). ``jaxgen compile``
+        builds it untrained when the workdir does not exist, as ``autoencoder=recipe:NAME``
+        does anywhere (shapes and cost only: an untrained autoencoder's latents mean nothing).
     """
 
     autoencoder: str = ""
     normalize: Literal["channel", "scalar"] = "channel"
     scaling_factor: float = 0.0
+    recipe: str = ""
 
     def __post_init__(self):
         if self.normalize not in ("channel", "scalar"):

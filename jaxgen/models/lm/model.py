@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from jaxgen.nn.attention import ROPE_SCALINGS, RopeScaling, SelfAttention, init_cache, rope_tables
 from jaxgen.nn.kernels import KernelName
-from jaxgen.nn.layers import MLP, DType, dense_general, dtype_of, embed, norm
+from jaxgen.nn.layers import MLP, DType, dense_general, dtype_of, embed, norm, remat_policy
 from jaxgen.nn.partitioning import constrain
 
 ACT = ("activation_batch", "activation_length", "activation_embed")  # the residual stream
@@ -149,10 +149,6 @@ class LMConfig:
         return 32 * math.ceil(8 * self.d_model / 3 / 32)
 
 
-def _remat_policy(name: str):
-    return {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}[name]
-
-
 class Block(nn.Module):
     """One pre-norm Transformer block: x + drop(attn(norm(x))), then x + drop(mlp(norm(x)))."""
 
@@ -219,7 +215,7 @@ class Transformer(nn.Module):
 
         block = Block  # (carry, *xs) signature, as nn.scan expects
         if c.remat != "none":
-            block = nn.remat(block, policy=_remat_policy(c.remat), prevent_cse=not c.scan_layers)
+            block = nn.remat(block, policy=remat_policy(c.remat), prevent_cse=not c.scan_layers)
         if c.scan_layers:
             layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                              in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=c.num_layers,
