@@ -79,22 +79,24 @@ def test_final_eval_scaling_factor_is_one_over_the_latent_std(trained):
     np.testing.assert_allclose(out["latent_channel_mean"], means.mean((0, 1, 2)), rtol=1e-4,
                                atol=1e-6)
     np.testing.assert_allclose(out["latent_channel_std"], means.std((0, 1, 2)), rtol=1e-4)
-    assert out["recon_fd_samples"] == len(means)
+    assert out["recon_fd_samples"] == 1000
 
 
-def test_recon_fd_lenet_is_the_sample_metric_of_the_reconstructions(trained):
-    """recon_fd_lenet is jaxgen.eval's fd_lenet of the test digits' reconstructions: a perfect
-    reconstruction would score the test digits against themselves, about 0."""
+def test_recon_fd_lenet_scores_the_reconstructions_of_the_floor_digits(trained):
+    """recon_fd_lenet is jaxgen.eval's fd_lenet of the reconstructions of the floor's 1,000
+    real training digits, beside those digits' own score (the floor)."""
     from jaxgen import eval as eval_lib
-    run, state, _, _ = trained
-    batches = list(run.datasets.make_eval())
-    out = run.family.final_eval(state, batches)
-    x = np.concatenate([np.asarray(b["image"])[np.asarray(b["mask"]) > 0] for b in batches])
-    recon = np.asarray(run.family.reconstruct(state.params, jnp.asarray(x[:1000])))
-    assert out["recon_fd_samples"] == len(recon) == 1000
+    run, state, batch, _ = trained
+    out = run.family.final_eval(state, [batch])
+    digits = eval_lib.floor_digits("mnist_embedded", 1000)
+    assert digits.shape == (1000, 28, 28, 1)
+    recon = np.asarray(run.family.reconstruct(state.params, jnp.asarray(digits)))
     assert out["recon_fd_lenet"] == pytest.approx(
-        eval_lib.sample_metrics(recon)["fd_lenet"], rel=1e-6)
-    assert eval_lib.sample_metrics(x[:1000])["fd_lenet"] < 1e-3 < out["recon_fd_lenet"]
+        eval_lib.sample_metrics(recon)["fd_lenet"], rel=1e-4)
+    floor = eval_lib.floor_metrics("mnist_embedded", 0, 1000)["fd_lenet"]
+    assert out["recon_fd_floor"] == pytest.approx(floor, rel=1e-9)
+    assert eval_lib.sample_metrics(digits)["fd_lenet"] == pytest.approx(floor, rel=1e-9)
+    assert out["recon_fd_lenet"] > floor  # 25 smoke steps reconstruct worse than the digits
 
 
 def test_an_image_size_the_levels_do_not_divide_is_a_usage_error():

@@ -7,6 +7,7 @@ Public API (re-exports only):
   load_samples_npz(path) -> float32 [N, 28, 28, 1]
   validate_images(images) -> float32 [N, 28, 28, 1]
   floor_metrics(reference="mnist_embedded", seed=0, num_samples=1000) -> dict
+  floor_digits(reference="mnist_embedded", num_samples=1000) -> float32 [N, 28, 28, 1]
   class_balanced_indices(labels, n, seed=None) -> int64 [n]
   load_feature_net(dataset="mnist_embedded") -> FeatureNet (checksum-verified shipped weights)
   WeightsError: the shipped weights are missing or altered
@@ -21,6 +22,7 @@ from jaxgen.eval.quality import (
     METRIC_KEYS,
     REFERENCES,
     class_balanced_indices,
+    floor_digits,
     floor_metrics,
     sample_metrics,
     score_samples_file,
@@ -34,6 +36,7 @@ __all__ = [
     "FeatureNet",
     "WeightsError",
     "class_balanced_indices",
+    "floor_digits",
     "floor_metrics",
     "load_feature_net",
     "load_samples_npz",

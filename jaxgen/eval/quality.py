@@ -97,6 +97,15 @@ def compare_features(feats: np.ndarray, logits: np.ndarray, ref_feats: np.ndarra
     }
 
 
+def floor_digits(reference: str = "mnist_embedded", num_samples: int = 1000) -> np.ndarray:
+    """The real training digits :func:`floor_metrics` scores at ``num_samples``: float32
+    [min(num_samples, 4000), 28, 28, 1] in [0, 1], class-balanced and evenly spaced."""
+    _check_reference(reference)
+    x_tr, y_tr, _, _ = feature_net.load_dataset(reference)
+    return np.asarray(x_tr[class_balanced_indices(y_tr, min(int(num_samples), len(x_tr)))],
+                      np.float32)
+
+
 def floor_metrics(reference: str = "mnist_embedded", seed: int = 0,
                   num_samples: int = 1000) -> dict[str, Any]:
     """What real data scores at ``num_samples``: :func:`compare_features` of
@@ -109,12 +118,11 @@ def floor_metrics(reference: str = "mnist_embedded", seed: int = 0,
     _check_reference(reference)
     if num_samples < MIN_SAMPLES:
         raise ValueError(f"the floor needs at least {MIN_SAMPLES} digits, got {num_samples}")
-    x_tr, y_tr, _, _ = feature_net.load_dataset(reference)
-    count = min(int(num_samples), len(x_tr))
-    key = (reference, _net_key(reference), int(seed), count)
+    digits = floor_digits(reference, num_samples)
+    key = (reference, _net_key(reference), int(seed), len(digits))
     if key not in _FLOOR:
         net = lenet_weights.load_feature_net(reference)
-        feats, logits = net.apply(x_tr[class_balanced_indices(y_tr, count)])
+        feats, logits = net.apply(digits)
         _FLOOR[key] = {**compare_features(feats, logits, reference_features(reference)[0], seed),
                        "num_samples": len(feats)}
     return dict(_FLOOR[key])

@@ -33,7 +33,7 @@ from jaxgen.train.evaluate import SAMPLE_REFERENCES, sum_over_processes
 from jaxgen.train.images import save_image_grid
 from jaxgen.train.state import TrainState
 
-RECON_FD_SAMPLES = 1000  # test digits whose reconstructions recon_fd_lenet scores
+RECON_FD_SAMPLES = 1000  # real digits whose reconstructions recon_fd_lenet scores
 
 
 def reconstruction_error(kind: str, x_hat: jax.Array, x: jax.Array) -> jax.Array:
@@ -120,13 +120,15 @@ class AutoencoderFamily(LossFamily):
     # --------------------------------------------------------------------------- evaluation
     def final_eval(self, state: TrainState, batches: Iterable[dict]) -> dict:
         """The latent's statistics over the test split (see the module docstring), and where
-        the data has a sample reference set, ``recon_fd_lenet``: the Frechet distance of the
-        test digits' reconstructions to the test digits themselves (0 for a perfect
-        autoencoder; the best a latent diffusion model on this latent can approach)."""
+        the data has a sample reference set, ``recon_fd_lenet``: the sample metric's fd_lenet
+        of the reconstructions of the floor's real training digits
+        (:func:`jaxgen.eval.floor_digits`, ``recon_fd_samples`` of them), beside
+        ``recon_fd_floor``, those digits' own fd_lenet. A latent diffusion model that drew
+        exactly these latents would score recon_fd_lenet: its floor, as the real digits' is
+        the pixel model's."""
         params = sampling_params(state)
         c = self.latent_shape[-1]
         s1, s2, n = np.zeros(c), np.zeros(c), 0.0
-        recons = []
         for batch in batches:
             signals.check()
             x = valid_images(batch)
@@ -134,8 +136,6 @@ class AutoencoderFamily(LossFamily):
                 continue
             m = np.asarray(self._means(params, jnp.asarray(x)), np.float64).reshape(-1, c)
             s1, s2, n = s1 + m.sum(0), s2 + (m * m).sum(0), n + float(len(m))
-            if sum(map(len, recons)) < RECON_FD_SAMPLES:
-                recons.append(np.asarray(self._reconstruct(params, jnp.asarray(x))))
         sums = sum_over_processes({"count": n, **{f"s1_{i}": v for i, v in enumerate(s1)},
                                    **{f"s2_{i}": v for i, v in enumerate(s2)}})
         n = sums["count"]
@@ -154,13 +154,23 @@ class AutoencoderFamily(LossFamily):
                "latent_shape": [h, w, c],
                "compression": float(np.prod(self.shape)) / float(h * w * c)}
         reference = SAMPLE_REFERENCES.get(str(self.data_info.get("source", "")))
-        if reference and recons and jax.process_index() == 0:  # this process's test digits
-            from jaxgen import eval as eval_lib
-            r = np.concatenate(recons)[:RECON_FD_SAMPLES]
-            if len(r) >= eval_lib.MIN_SAMPLES:
-                out["recon_fd_lenet"] = eval_lib.sample_metrics(r, reference)["fd_lenet"]
-                out["recon_fd_samples"] = len(r)
+        if reference and tuple(self.shape) == (28, 28, 1):
+            out.update(self._reconstruction_quality(params, reference))
         return out
+
+    def _reconstruction_quality(self, params: Any, reference: str) -> dict:
+        """recon_fd_lenet, recon_fd_floor, recon_fd_samples (see :meth:`final_eval`); every
+        process reconstructs (the program may span them), process 0 scores."""
+        from jaxgen import eval as eval_lib
+
+        digits = eval_lib.floor_digits(reference, RECON_FD_SAMPLES)
+        recon = np.concatenate([np.asarray(self._reconstruct(params, jnp.asarray(chunk)))
+                                for chunk in np.array_split(digits, 4)])
+        if jax.process_index() != 0:
+            return {}
+        scored = eval_lib.sample_metrics(recon, reference)
+        return {"recon_fd_lenet": scored["fd_lenet"], "recon_fd_floor": scored["floor"]["fd_lenet"],
+                "recon_fd_samples": len(recon)}
 
     def visualize(self, state: TrainState, rng: jax.Array, batch: dict,
                   path_prefix: str) -> list[str]:
