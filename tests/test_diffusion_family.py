@@ -84,8 +84,10 @@ def test_unconditional_model_refuses_guidance_and_labels():
     (("sample.steps=-3",), "steps must be an integer >= 1"),
     (("diffusion.sample_sigma_max=-1",), "sample_sigma_max must be >= 0"),
     (("model.head_dim=5",), "not divisible by head_dim=5"),
-    (("model.block_channels=(8,8,8,8)", "model.attention_levels=(False,False,False,False)"),
-     "28"),
+    (("model.block_channels=(8,8,8,8)", "model.attention_levels=(False,False,False,False)",
+      "model.resblock_updown=True"), "divisible by 8; got 28x28"),  # exact 2x2 pooling
+    (("model.block_channels=(8,8,8,8,8,8)",
+      "model.attention_levels=(False,False,False,False,False,False)"), "at least 32; got 28x28"),
 ])
 def test_bad_config_is_a_usage_error(overrides, match):
     with pytest.raises(UsageError, match=match) as info:
