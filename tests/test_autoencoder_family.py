@@ -217,7 +217,8 @@ def test_latent_codec_round_trip_and_the_normalised_latent(ae_workdir, tmp_path,
 
 def test_latent_autoencoder_bad_input_is_one_line(ae_workdir, tmp_path):
     w, _ = ae_workdir
-    with pytest.raises(UsageError, match="not a jaxgen workdir"):
+    with pytest.raises(UsageError, match="not a jaxgen workdir .*; train one with jaxgen "
+                                         "train autoencoder_mnist --workdir"):
         models.make_family(_ldm(str(tmp_path / "missing")), MNIST_INFO)
     other = tmp_path / "vae"
     other.mkdir()

@@ -58,7 +58,8 @@ class DiffusionFamily(LossFamily):
     def __init__(self, config: DiffusionExperiment, data_info: dict):
         self.image_shape, classes = image_data("diffusion", data_info)
         self.codec = (load_codec(config.latent.autoencoder, self.image_shape,
-                                 config.latent.normalize, config.latent.scaling_factor)
+                                 config.latent.normalize, config.latent.scaling_factor,
+                                 config.latent.recipe)
                       if config.latent.autoencoder else None)
         self.shape = self.codec.latent_shape if self.codec else self.image_shape
         m = config.model

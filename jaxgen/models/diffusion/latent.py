@@ -71,11 +71,12 @@ class LatentCodec:
 
 
 def load_codec(workdir: str, image_shape: tuple[int, ...], normalize: str = "channel",
-               scaling_factor: float = 0.0) -> LatentCodec:
+               scaling_factor: float = 0.0, recipe: str = "") -> LatentCodec:
     """The autoencoder of ``workdir`` for images of ``image_shape``, its latents normalised as
     ``normalize`` says (``scaling_factor`` > 0 fixes the scalar scale); one-line UsageErrors for
     a missing workdir, a run of another family, another image shape or no known statistics.
-    ``workdir`` = ``recipe:NAME[:VARIANT]``: :func:`untrained_codec` of that recipe."""
+    ``workdir`` = ``recipe:NAME[:VARIANT]``: :func:`untrained_codec` of that recipe;
+    ``recipe`` (``latent.recipe``) is named in the error for a missing workdir."""
     from jaxgen import api
 
     if workdir.startswith(UNTRAINED):
@@ -86,8 +87,8 @@ def load_codec(workdir: str, image_shape: tuple[int, ...], normalize: str = "cha
             family = json.load(f).get("family")
     except (OSError, ValueError, AttributeError):
         raise UsageError(f"{where}: not a jaxgen workdir (no readable config.json); train one "
-                         "with jaxgen train autoencoder_mnist (or the recipe latent.recipe "
-                         "names)") from None
+                         f"with jaxgen train {recipe or 'autoencoder_mnist'} --workdir "
+                         f"{workdir}") from None
     if family != "autoencoder":
         raise UsageError(f"{where} holds a {family} run, not an autoencoder")
     run = api.load(workdir)  # with its data where the files are there (the scale may need it)
