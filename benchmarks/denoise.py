@@ -328,56 +328,31 @@ def sampler_rows(opts: Options, params, per_image: float, peak: float, reason: s
     return rows
 
 
-def _recipe_sampler(name: str, quick: bool, latent_channels: int = 0):
-    """(blocking call, config) drawing a batch with recipe ``name``'s backbone (random
-    weights), objective and sampler; with ``latent_channels`` on autoencoder_mnist's latent,
-    decoded by its (random) decoder."""
-    from jaxgen import experiments
-    from jaxgen.nn.autoencoder import AutoencoderKL
-    from jaxgen.nn.dit import DiT, DiTConfig
+def _recipe_sampler(spec: str, quick: bool, overrides: tuple[str, ...] = ()):
+    """(blocking call, config) of the trainer's own sampling path (``Run.draw``: the family's
+    sampler, sharded over the batch) for recipe ``spec`` at random weights, no data read."""
+    from jaxgen import experiments, models
+    from jaxgen.data.abstract import abstract_datasets
+    from jaxgen.train import loop
 
-    variant = ":smoke" if quick else ""
-    c = experiments.get_config(name + variant)
-    classes = 10 if c.model.conditional else 0
-    shape = IMAGE
-    decode = None
-    if latent_channels:
-        ae = experiments.get_config("autoencoder_mnist" + variant).model.network(IMAGE[-1])
-        f = ae.factor
-        shape = (IMAGE[0] // f, IMAGE[1] // f, ae.latent_channels)
-        codec = AutoencoderKL(ae)
-        ae_params = codec.init(jax.random.key(3), jnp.zeros((1, *IMAGE)))
-        decode = lambda z: codec.apply(ae_params, z, method=AutoencoderKL.decode)  # noqa: E731
-    cfg = c.model.backbone_config(classes, shape[-1])
-    net = DiT(cfg) if isinstance(cfg, DiTConfig) else UNet(cfg)
-    labels = jnp.arange(LATENT_BATCH[quick]) % classes if classes else None
-    params = net.init(jax.random.key(0), jnp.zeros((1, *shape)), jnp.zeros((1,)),
-                      None if labels is None else labels[:1])
-    objective = dataclasses.replace(c.diffusion, null_label=classes or None)
-    b = LATENT_BATCH[quick]
-    sh = _mesh_sharding(b)
-
-    def draw(p, rng):
-        def model_fn(x, t, y):
-            return net.apply(p, jax.lax.with_sharding_constraint(x, sh), t, y)
-        x0 = samplers.sample_model(model_fn, objective, c.sample, (b, *shape), rng, labels)
-        return x0 if decode is None else decode(x0)
-
-    p = jax.device_put(params, NamedSharding(sh.mesh, P()))
-    fn = jax.jit(draw).lower(p, jax.random.key(1)).compile()
-    return (lambda: jax.block_until_ready(fn(p, jax.random.key(1)))), c
+    config = experiments.apply_overrides(
+        experiments.get_config(spec + (":smoke" if quick else "")), list(overrides))
+    run = loop.build(config, datasets=abstract_datasets(config), family=models.make_family)
+    state = loop.init_state(run, next(iter(run.datasets.make_eval())))
+    options, b, key = run.family.sample_options(), LATENT_BATCH[quick], jax.random.key(1)
+    jax.block_until_ready(run.draw(state, key, b, options))  # compiles
+    return (lambda: jax.block_until_ready(run.draw(state, key, b, options))), config
 
 
 LATENT_BATCH = {False: 100, True: 4}
 
 
 def latent_rows(quick: bool, repeats: int) -> list[dict]:
-    """The ``latent`` rows (see the module docstring), timed interleaved."""
-    from jaxgen import experiments
-
-    channels = experiments.get_config("autoencoder_mnist").model.latent_channels
+    """The ``latent`` rows (see the module docstring), timed interleaved; the latent model's
+    autoencoder is an untrained ``autoencoder_mnist`` of the same variant (``recipe:``)."""
+    ae = "autoencoder_mnist" + (":smoke" if quick else "")
     pixel, pc = _recipe_sampler("diffusion_mnist", quick)
-    latent, lc = _recipe_sampler("ldm_mnist", quick, channels)
+    latent, lc = _recipe_sampler("ldm_mnist", quick, (f"latent.autoencoder=recipe:{ae}",))
     times = _measure({"pixel": pixel, "latent": latent}, repeats)
     b, rows = LATENT_BATCH[quick], []
     for model, c in (("pixel", pc), ("latent", lc)):
