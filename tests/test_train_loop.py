@@ -112,3 +112,19 @@ def test_sigterm_saves_and_exits(tmp_path):
     state = info.value.state
     assert int(state.step) == 5 and info.value.step == 5 and info.value.signal_name == "SIGTERM"
     assert sorted(int(d) for d in os.listdir(tmp_path / "w" / "checkpoints") if d.isdigit()) == [5]
+
+
+def test_relative_paths_become_absolute_and_urls_and_references_do_not():
+    """A workdir's config.json must find its files from anywhere, so relative data and
+    latent paths are made absolute; gs:// URLs and recipe: references are not paths."""
+    from jaxgen import experiments
+
+    c = experiments.apply_overrides(experiments.get_config("ldm_mnist:smoke"), [
+        "data.data_dir=rel/tfds", "data.path=gs://bucket/train.npz",
+        "latent.autoencoder=recipe:autoencoder_mnist:smoke"])
+    out = loop.absolute_data_paths(c)
+    assert out.data.data_dir == os.path.abspath("rel/tfds")
+    assert out.data.path == "gs://bucket/train.npz"
+    assert out.latent.autoencoder == "recipe:autoencoder_mnist:smoke"
+    rel = experiments.apply_overrides(c, ["latent.autoencoder=workdirs/ae"])
+    assert loop.absolute_data_paths(rel).latent.autoencoder == os.path.abspath("workdirs/ae")

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import signal
 import time
 from typing import Any, Callable, Optional
@@ -213,25 +214,30 @@ PATH_FIELDS = ("path", "eval_path", "data_dir", "tokenizer_path")
 TOKENIZER_FILE = "tokenizer.json"
 
 
-# Settings outside ``data`` that name a path ("group.key"): made absolute the same way, unless
-# the value names a recipe ("recipe:NAME") instead of a path.
+# Settings outside ``data`` that name a path ("group.key"): made absolute the same way.
 OTHER_PATH_SETTINGS = ("latent.autoencoder",)
-NOT_A_PATH = "recipe:"
+# "scheme:..." (two letters or more, so not a Windows drive): a URL (gs://...) or a reference
+# such as latent.autoencoder=recipe:NAME, never made absolute
+_NOT_A_PATH = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
+
+
+def _absolute(value: str) -> str:
+    return value if _NOT_A_PATH.match(value) else os.path.abspath(os.path.expanduser(value))
 
 
 def absolute_data_paths(config: Experiment) -> Experiment:
     """``config`` with its data paths (and :data:`OTHER_PATH_SETTINGS`) made absolute against
-    the current directory, so the workdir's config.json finds them from anywhere."""
-    changes = {f: os.path.abspath(os.path.expanduser(getattr(config.data, f)))
+    the current directory, so the workdir's config.json finds them from anywhere; URLs and
+    ``scheme:`` references are kept as they are."""
+    changes = {f: _absolute(getattr(config.data, f))
                for f in PATH_FIELDS if getattr(config.data, f, "")}
     if changes:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, **changes))
     for setting in OTHER_PATH_SETTINGS:
         group, key = setting.split(".")
         value = getattr(getattr(config, group, None), key, "")
-        if value and not value.startswith(NOT_A_PATH):
-            group_value = dataclasses.replace(getattr(config, group), **{
-                key: os.path.abspath(os.path.expanduser(value))})
+        if value:
+            group_value = dataclasses.replace(getattr(config, group), **{key: _absolute(value)})
             config = dataclasses.replace(config, **{group: group_value})
     return config
 
