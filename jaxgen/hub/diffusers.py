@@ -114,7 +114,6 @@ def unet_config_from_diffusers(cfg: dict) -> tuple[Any, tuple[int, int, int]]:
                       f"the down path: {mirrored}")
     size = cfg.get("sample_size") or 32
     size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
-    heads = {}
     if cross:  # attention_head_dim is the number of heads here (diffusers' legacy naming)
         heads = {"num_heads": int(_one(cfg, "num_attention_heads",
                                        _one(cfg, "attention_head_dim", 8))),

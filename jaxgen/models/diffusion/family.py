@@ -103,7 +103,7 @@ class DiffusionFamily(LossFamily):
         return fn
 
     def data_of(self, batch: dict, rng: jax.Array) -> jax.Array:
-        """What the model diffuses: the images scaled to [-1, 1], or their scaled latents (a
+        """What the model diffuses: the images scaled to [-1, 1], or their normalised latents (a
         posterior sample drawn with ``rng``) for a latent model."""
         if self.codec is not None:
             return self.codec.encode(batch["image"], rng)
