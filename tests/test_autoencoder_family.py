@@ -178,6 +178,38 @@ def test_latent_diffusion_step_on_8_devices_equals_1_and_keeps_the_autoencoder_f
     assert images.shape == (4, 28, 28, 1) and 0.0 <= images.min() and images.max() <= 1.0
 
 
+def test_cached_latents_are_the_encoders_and_give_the_same_loss(ae_workdir):
+    """latent.cache=true: the train batches carry the posterior moments
+    of the same examples, in the same order, as the encoding pipeline's images (also after a
+    seek, as on resumption), without the images; the loss equals the in-step encoder's for the
+    same key; and random flips, which a per-image cache cannot follow, are one line."""
+    from flax.core import meta
+
+    w, _ = ae_workdir
+    cached = loop.build(_ldm(w, "mesh.data=1", "latent.cache=true"), jax.devices()[:1],
+                        family=models.make_family)
+    plain = loop.build(_ldm(w, "mesh.data=1"), jax.devices()[:1], family=models.make_family)
+    for run in (cached, plain):
+        run.datasets.train.seek(3)
+    bc, bp = next(cached.datasets.train), next(plain.datasets.train)
+    assert set(bc) == {"latent_moments", "label"} and set(bp) == {"image", "label"}
+    np.testing.assert_array_equal(bc["label"], bp["label"])
+    fam = cached.family
+    assert bc["latent_moments"].shape == (len(bp["image"]), 7, 7, 8)
+    np.testing.assert_allclose(bc["latent_moments"], np.asarray(fam.codec.moments(bp["image"])),
+                               rtol=1e-5, atol=1e-6)
+    params = meta.unbox(fam.init_params(jax.random.PRNGKey(0)))
+    loss = jax.jit(lambda b: fam.loss_fn(params, b, jax.random.PRNGKey(5), 0)[0])
+    np.testing.assert_allclose(float(loss(bc)), float(loss(bp)), rtol=1e-5)
+    with pytest.raises(UsageError, match=r"^latent.cache=true: .*random flips.*cache=false$"):
+        loop.build(_ldm(w, "mesh.data=1", "latent.cache=true", "data.random_flip=true"),
+                   jax.devices()[:1],
+                   family=models.make_family)
+    with pytest.raises(UsageError, match="set latent.autoencoder too"):
+        experiments.apply_overrides(experiments.get_config("diffusion_mnist:smoke"),
+                                    ["latent.cache=true"])
+
+
 @pytest.mark.parametrize("normalize", ["channel", "scalar"])
 def test_latent_codec_round_trip_and_the_normalised_latent(ae_workdir, tmp_path, normalize):
     """encode (posterior mean) then decode equals the autoencoder's own reconstruction; the

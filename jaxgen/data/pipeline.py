@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import grain
 import jax
@@ -45,6 +45,29 @@ class Datasets:
     train: Any
     make_eval: Callable[[], Iterator[Batch]]
     info: dict
+    # Image pipelines also keep their unaugmented train-split reader (``read_train.map``: ids
+    # int64 [n] -> a batch) and how to rebuild the train iterator around another reader, which
+    # :meth:`with_train_features` uses (None where the pipeline cannot: text, augmentation).
+    read_train: Any = None
+    remake_train: Optional[Callable[[Any], Any]] = None
+    no_remake_reason: str = "only image pipelines carry per-example features"
+
+    def with_train_features(self, features: dict[str, np.ndarray],
+                            drop: tuple[str, ...] = ()) -> "Datasets":
+        """These datasets with train batches that also carry ``features[k][ids]`` (arrays
+        [num_train, ...] indexed by example id, e.g. precomputed latents) and leave out the keys
+        ``drop``; the same examples in the same order, so positions and resumption are
+        unchanged. ValueError where the pipeline cannot (``no_remake_reason``)."""
+        if self.remake_train is None:
+            raise ValueError(self.no_remake_reason)
+        n = int(self.info["num_train"])
+        for k, v in features.items():
+            if len(v) != n:
+                raise ValueError(f"feature {k!r} has {len(v)} rows for {n} training examples")
+        if hasattr(self.train, "close"):
+            self.train.close()
+        return dataclasses.replace(
+            self, train=self.remake_train(WithFeatures(self.read_train, features, drop)))
 
 
 def per_process(global_batch: int, process_count: int, what: str) -> int:
@@ -231,6 +254,19 @@ class ReadImages(grain.transforms.Map):
         return {"image": self.to_float(images), "label": np.asarray(labels, np.int32)}
 
 
+class WithFeatures(grain.transforms.Map):
+    """A batch reader (``read.map``: ids -> batch) whose batches also carry per-example arrays
+    ``features[k][ids]`` and leave out the keys ``drop``."""
+
+    def __init__(self, read: Any, features: dict[str, np.ndarray], drop: tuple[str, ...]):
+        self.read, self.features, self.drop = read, dict(features), tuple(drop)
+
+    def map(self, ids: np.ndarray) -> Batch:
+        ids = np.asarray(ids, np.int64)
+        batch = {k: v for k, v in self.read.map(ids).items() if k not in self.drop}
+        return {**batch, **{k: np.asarray(v[ids]) for k, v in self.features.items()}}
+
+
 class FlipCrop(grain.transforms.RandomMap):
     """Random horizontal flips and pad-and-crop translations (``pad`` pixels, reflected), the
     CIFAR augmentation of He et al. 2016, drawn per example of a batch [B, H, W, C] from the
@@ -265,17 +301,22 @@ def image_datasets(data: Any, process_index: int, process_count: int) -> Dataset
         ids = grain.MapDataset.range(len(train_src)).shuffle(seed=int(data.seed) % 2 ** 32)
         ids = ids.repeat()
     flip, pad = bool(getattr(data, "random_flip", False)), int(getattr(data, "random_crop", 0))
-    train = train_iterator(ids, ReadImages(train_src, to_float), int(data.batch_size),
-                           process_index, process_count, data,
-                           augment=FlipCrop(flip, pad) if flip or pad else None,
-                           seed=int(data.seed))
+    augment = FlipCrop(flip, pad) if flip or pad else None
+
+    def make_train(read: Any) -> StepIndexedIterator:
+        return train_iterator(ids, read, int(data.batch_size), process_index, process_count,
+                              data, augment=augment, seed=int(data.seed))
+    read = ReadImages(train_src, to_float)
     info = {"kind": "image", "shape": tuple(train_src.shape),
             "num_train": len(train_src), "num_eval": len(eval_src),
             "num_classes": max(int(train_src.num_classes), int(eval_src.num_classes)),
             "source": str(data.source)}
-    return Datasets(train, lambda: eval_iterator(len(eval_src), ReadImages(eval_src, to_float).map,
-                                                 int(data.eval_batch_size), process_index,
-                                                 process_count), info)
+    return Datasets(make_train(read), lambda: eval_iterator(
+        len(eval_src), ReadImages(eval_src, to_float).map, int(data.eval_batch_size),
+        process_index, process_count), info, read_train=read,
+        remake_train=None if augment else make_train,
+        no_remake_reason="per-example features cannot follow random flips and crops "
+                         "(data.random_flip, data.random_crop)")
 
 
 class Windows(grain.transforms.Map):

@@ -95,6 +95,13 @@ class Family:
     def sample(self, state: TrainState, rng: jax.Array, n: int, options: Hashable = None):
         raise NotImplementedError
 
+    def prepare_datasets(self, datasets: Any) -> Any:
+        """The datasets the run trains on, given those of ``config.data`` (a
+        :class:`jaxgen.data.pipeline.Datasets`); called once by the trainer after the family is
+        built. The default keeps them; a family may precompute per-example features
+        (``Datasets.with_train_features``), as latent diffusion's ``latent.cache`` does."""
+        return datasets
+
     def init_params(self, rng: jax.Array) -> Any:
         """The parameters as ``init`` returns them, logical-axis boxes included (shapes only
         are needed: :meth:`param_specs` calls it under ``jax.eval_shape``). Families that

@@ -142,6 +142,7 @@ def build(config: Experiment, devices: Optional[list] = None,
                              f"data-parallel devices of the mesh {dict(mesh.shape)}")
     datasets = data_lib.make_datasets(config) if datasets is None else datasets
     family = _as_family(family, config, datasets.info)
+    datasets = family.prepare_datasets(datasets)
     sample_batch = next(iter(datasets.make_eval()))
     sample_batch = {k: v for k, v in sample_batch.items() if k != "mask"}
     rng = jax.random.PRNGKey(config.seed)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from typing import Any, Iterable, Optional
 
 import jax
@@ -37,7 +38,7 @@ from jaxgen.models.base import (
     sampling_params,
 )
 from jaxgen.models.diffusion import samplers as samplers_lib
-from jaxgen.models.diffusion.latent import load_codec
+from jaxgen.models.diffusion.latent import encode_split, load_codec
 from jaxgen.models.diffusion.likelihood import nll_bits_per_dim
 from jaxgen.models.diffusion.objectives import diffusion_loss
 from jaxgen.models.diffusion.settings import DiffusionExperiment, DiffusionSample
@@ -105,9 +106,28 @@ class DiffusionFamily(LossFamily):
     def data_of(self, batch: dict, rng: jax.Array) -> jax.Array:
         """What the model diffuses: the images scaled to [-1, 1], or their normalised latents (a
         posterior sample drawn with ``rng``) for a latent model."""
+        if "latent_moments" in batch:  # latent.cache: encoded once (prepare_datasets)
+            return self.codec.from_moments(batch["latent_moments"], rng)
         if self.codec is not None:
             return self.codec.encode(batch["image"], rng)
         return batch["image"].astype(jnp.float32) * 2.0 - 1.0
+
+    def prepare_datasets(self, datasets: Any) -> Any:
+        """With ``latent.cache``: the training split encoded once (:func:`encode_split`), its
+        train batches carrying ``latent_moments`` [B, h, w, 2L] instead of images."""
+        if (self.codec is None or not self.config.latent.cache
+                or getattr(datasets, "read_train", None) is None):
+            return datasets
+        t0 = time.perf_counter()
+        n = int(datasets.info["num_train"])
+        moments = encode_split(self.codec, datasets.read_train, n)
+        try:
+            datasets = datasets.with_train_features({"latent_moments": moments}, drop=("image",))
+        except ValueError as e:
+            raise UsageError(f"latent.cache=true: {e}; set latent.cache=false") from None
+        log.info("encoded the %d training images once (latent.cache, %.1f MB) in %.1f s", n,
+                 moments.nbytes / 1e6, time.perf_counter() - t0)
+        return datasets
 
     def labels_of(self, batch: dict) -> Optional[jax.Array]:
         return batch["label"].astype(jnp.int32) if self.num_classes > 0 else None

@@ -24,6 +24,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxgen.errors import UsageError
 
@@ -54,14 +55,24 @@ class LatentCodec:
     def latent_shape(self) -> tuple[int, ...]:
         return tuple(self.family.latent_shape)
 
-    def encode(self, images: jax.Array, rng: jax.Array | None = None) -> jax.Array:
-        """Images [B, H, W, C] in [0, 1] -> normalised latents [B, h, w, L]: a posterior sample
-        with ``rng``, the posterior mean without; no gradient reaches the autoencoder."""
+    def moments(self, images: jax.Array) -> jax.Array:
+        """Images [B, H, W, C] in [0, 1] -> the posterior's mean and standard deviation,
+        concatenated on the channel axis: float32 [B, h, w, 2L] (what ``latent.cache`` keeps)."""
         mean, logvar = self.family.encode(self.params, images.astype(jnp.float32))
-        z = mean if rng is None else mean + jnp.exp(0.5 * logvar) * jax.random.normal(
-            rng, mean.shape, jnp.float32)
+        return jnp.concatenate([mean, jnp.exp(0.5 * logvar)], axis=-1)
+
+    def from_moments(self, moments: jax.Array, rng: jax.Array | None = None) -> jax.Array:
+        """:meth:`moments` [B, h, w, 2L] -> normalised latents [B, h, w, L]: a posterior sample
+        with ``rng``, the posterior mean without; no gradient reaches the autoencoder."""
+        mean, std = jnp.split(moments.astype(jnp.float32), 2, axis=-1)
+        z = mean if rng is None else mean + std * jax.random.normal(rng, mean.shape, jnp.float32)
         shift, scale = (jnp.asarray(v, jnp.float32) for v in (self.shift, self.scale))
         return jax.lax.stop_gradient((z - shift) * scale)
+
+    def encode(self, images: jax.Array, rng: jax.Array | None = None) -> jax.Array:
+        """Images [B, H, W, C] in [0, 1] -> normalised latents [B, h, w, L] (see
+        :meth:`from_moments`)."""
+        return self.from_moments(self.moments(images), rng)
 
     def decode(self, z: jax.Array) -> jax.Array:
         """Normalised latents [B, h, w, L] -> images [B, H, W, C] in [0, 1] (clipped)."""
@@ -149,3 +160,20 @@ def latent_statistics(run: Any, where: str) -> dict:
                          "where it is, or set latent.normalize=scalar latent.scaling_factor=S")
     stats = run.family.final_eval(run.state, run.built.datasets.make_eval())
     return {k: stats[k] for k in STATISTICS}
+
+
+def encode_split(codec: LatentCodec, read: Any, n: int, chunk: int = 256) -> np.ndarray:
+    """The :meth:`LatentCodec.moments` of examples ``0 .. n-1`` of a split, float32 host array
+    [n, h, w, 2L]: ``read.map(ids)`` gives their batches (a pipeline's unaugmented reader),
+    encoded ``chunk`` at a time on this process's first device (the last chunk padded, so one
+    program is compiled). Every process encodes the whole split: the cache is per host."""
+    device = jax.local_devices()[0]
+    params = jax.device_put(codec.params, device)
+    moments = jax.jit(lambda p, x: dataclasses.replace(codec, params=p).moments(x))
+    out = []
+    for lo in range(0, n, chunk):
+        ids = np.arange(lo, min(lo + chunk, n))
+        images = np.asarray(read.map(ids)["image"], np.float32)
+        padded = np.concatenate([images, np.repeat(images[-1:], chunk - len(ids), 0)])
+        out.append(np.asarray(moments(params, jax.device_put(padded, device)))[:len(ids)])
+    return np.concatenate(out)

@@ -137,12 +137,23 @@ class LatentSpace:
       recipe: the recipe that trains ``autoencoder`` (named in errors). ``jaxgen compile``
         builds it untrained when the workdir does not exist, as ``autoencoder=recipe:NAME``
         does anywhere (shapes and cost only: an untrained autoencoder's latents mean nothing).
+      cache: encode the training split once, when the run is built (the posterior's mean and
+        standard deviation of every example, float32 [N, h, w, 2L] in host memory), and draw
+        each step's posterior sample from those instead of running the encoder in every train
+        step: the same latents in distribution, a cheaper step and a smaller program. Needs an
+        image pipeline without random flips or crops (the cache holds one latent per image).
+        ``jaxgen compile`` still compiles the encoding step (it reads no data). Off by
+        default: on ``ldm_mnist`` (400 steps, AMD EPYC AVX2, 2 cores) the loop took 129.7 s
+        cached against 130.7 s encoding, the train step compiled in 41.4 s against 46.3 s, and
+        the one pass over 4,000 digits took 4.8 s: its small encoder is not what a step costs.
+        The cache is for encoders that dominate the step (Stable Diffusion's at 512 pixels).
     """
 
     autoencoder: str = ""
     normalize: Literal["channel", "scalar"] = "channel"
     scaling_factor: float = 0.0
     recipe: str = ""
+    cache: bool = False
 
     def __post_init__(self):
         if self.normalize not in ("channel", "scalar"):
@@ -151,6 +162,9 @@ class LatentSpace:
         if self.scaling_factor < 0:
             raise ValueError(f"latent.scaling_factor must be >= 0 (0: the autoencoder's), got "
                              f"{self.scaling_factor}")
+        if self.cache and not self.autoencoder:
+            raise ValueError("latent.cache=true caches an autoencoder's latents; set "
+                             "latent.autoencoder too")
         if self.scaling_factor and self.normalize != "scalar":
             raise ValueError("latent.scaling_factor is the scalar normalisation's factor; set "
                              "latent.normalize=scalar with it")
