@@ -9,6 +9,7 @@ import pytest
 import jaxgen
 from jaxgen import cli, experiments
 from jaxgen.errors import UsageError
+from envs import host_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -72,8 +73,7 @@ def test_load_of_a_directory_that_is_not_a_workdir(tmp_path):
 
 def test_load_samples_equal_cli_samples(tmp_path):
     w = str(tmp_path / "w")
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)
+    env = host_env(JAX_PLATFORMS="cpu")
     run = lambda *a: subprocess.run([sys.executable, "-m", "jaxgen.cli", *a],  # noqa: E731
                                     capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
     r = run("train", "vae_mnist:smoke", "--workdir", w, "--no-progress", "--set", "train.steps=4",
@@ -103,8 +103,7 @@ def test_class_balanced_batch_cycles_through_sorted_classes():
 
 
 def _cli(*args, cwd):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)
+    env = host_env(JAX_PLATFORMS="cpu")
     return subprocess.run([sys.executable, "-m", "jaxgen.cli", *args], capture_output=True,
                           text=True, cwd=cwd, env=env, timeout=600)
 

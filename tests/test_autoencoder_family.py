@@ -15,6 +15,7 @@ from jaxgen import experiments, models
 from jaxgen.errors import UsageError
 from jaxgen.nn.autoencoder import kl_to_standard_normal
 from jaxgen.train import loop, mesh as mesh_lib
+from envs import host_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -106,8 +107,7 @@ def test_an_image_size_the_levels_do_not_divide_is_a_usage_error():
 
 
 def _jaxgen(*args):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["JAX_PLATFORMS"] = "cpu"
+    env = host_env(JAX_PLATFORMS="cpu")
     r = subprocess.run([sys.executable, "-m", "jaxgen.cli", *args], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -264,8 +264,7 @@ def test_latent_autoencoder_bad_input_is_one_line(ae_workdir, tmp_path):
                         "--workdir", str(tmp_path / "ldm"), "--set",
                         f"latent.autoencoder={other}"], cwd=REPO, capture_output=True,
                        text=True, timeout=600, check=False,
-                       env={**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},
-                            "JAX_PLATFORMS": "cpu"})
+                       env=host_env(JAX_PLATFORMS="cpu"))
     errors = [ln for ln in r.stderr.splitlines() if not ln.startswith("jaxgen: INFO")]
     assert r.returncode == 2 and len(errors) == 1, r.stderr[-1000:]
     assert "holds a vae run, not an autoencoder" in errors[0] and "Traceback" not in r.stderr

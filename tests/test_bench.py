@@ -10,15 +10,14 @@ import pytest
 
 from benchmarks import report, suite
 from benchmarks.__main__ import main as bench_main
+from envs import host_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _env():
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "NPROC")}
-    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-    return env
+    return host_env("NPROC", JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
 
 
 def _run(*args, timeout=600, env=None):
@@ -404,11 +403,10 @@ def test_denoise_quality_quick_scores_every_point_of_a_trained_workdir(tmp_path)
     and the speed rows with diffusers' DDIM at the baseline's steps as the peer (vs_peer 1 for
     the peer itself)."""
     w = str(tmp_path / "w")
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     proc = subprocess.run([sys.executable, "-m", "jaxgen.cli", "train", "diffusion_mnist:smoke",
                            "--workdir", w, "--no-progress", "--set", "train.steps=2"],
                           cwd=ROOT,
-                          env={**env, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True,
+                          env=host_env(JAX_PLATFORMS="cpu"), capture_output=True, text=True,
                           timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = tmp_path / "q"

@@ -10,13 +10,13 @@ import pytest
 
 from jaxgen import experiments, models
 from jaxgen.train import loop, mesh as mesh_lib
+from envs import host_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _jaxgen(*args, cwd=None):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
+    env = host_env(JAX_PLATFORMS="cpu")
     return subprocess.run([sys.executable, "-m", "jaxgen.cli", *args], capture_output=True,
                           text=True, timeout=600, cwd=cwd or REPO, env=env)
 

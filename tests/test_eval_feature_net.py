@@ -17,6 +17,7 @@ import scipy.ndimage
 
 import jaxgen.eval as ev
 from jaxgen.eval import feature_net, lenet_weights, quality
+from envs import host_env
 
 # The SHA-256 of jaxgen/eval/weights/lenet_mnist_embedded_v1.msgpack. Pinned here, apart from the
 # code's own record, so that new weights are a deliberate change: every fd_lenet figure moves.
@@ -127,9 +128,9 @@ def fixed_samples_summary():
 def test_fd_lenet_is_the_same_on_1_and_8_devices_and_from_an_empty_cache(net, tmp_path):
     cache = tmp_path / "empty_cache"
     cache.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
-    env.update(JAX_PLATFORMS="cpu", JAXGEN_CACHE=str(cache),
-               XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    # one device, and the session's other XLA flags: the features are compared bit for bit
+    env = host_env("JAX_NUM_CPU_DEVICES", JAX_PLATFORMS="cpu", JAXGEN_CACHE=str(cache))
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=1"
     code = ("import json, sys; sys.path.insert(0, 'tests'); import test_eval_feature_net as t; "
             "print(json.dumps(t.fixed_samples_summary()))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,

@@ -20,6 +20,7 @@ make_family = GANFamily
 from jaxgen.models.gan.step import GANStep
 from jaxgen.train import loop
 from jaxgen.train import mesh as mesh_lib
+from envs import host_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INFO = {"kind": "image", "shape": (28, 28, 1), "num_classes": 10, "source": "mnist_embedded"}
@@ -245,8 +246,7 @@ def test_bad_sample_options_are_usage_errors():
 
 
 def test_cli_bad_loss_exits_2_with_one_line(tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
+    env = host_env(JAX_PLATFORMS="cpu")
     r = subprocess.run([sys.executable, "-m", "jaxgen.cli", "train", "gan_mnist:smoke",
                         "--workdir", str(tmp_path / "w"), "--set", "gan.loss=bogus"],
                        capture_output=True, text=True, timeout=300, cwd=REPO, env=env,

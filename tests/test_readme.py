@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from envs import host_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,8 +21,7 @@ def test_readme_has_python_snippets():
 
 @pytest.mark.parametrize("index", range(len(_snippets())))
 def test_readme_snippet_runs(index, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
-    env["JAX_PLATFORMS"] = "cpu"
+    env = host_env("JAX_NUM_CPU_DEVICES", JAX_PLATFORMS="cpu")
     r = subprocess.run([sys.executable, "-c", _snippets()[index]], capture_output=True, text=True,
                        cwd=str(tmp_path), env=env, timeout=600, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
