@@ -16,7 +16,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The tests compile hundreds of tiny programs and run each a few times: their time is XLA:CPU's
 # compile time, most of it LLVM's optimisation of the generated code. These flags turn that
 # off (the HLO passes, fusion and sharding, are the same); a test's program then runs slower
-# but compiles faster: test_remat_keeps_the_gradients[unet] took 55 s instead of 81 s, 2 cores.
+# but compiles faster: test_remat_keeps_the_gradients[unet], cold, took 55 s instead of 81 s (2 cores,
+# each run beside another compile).
 # No test asserts a timing. JAXGEN_TEST_FULL_OPT=1 keeps XLA's default optimisation.
 TEST_FLAGS = {"xla_force_host_platform_device_count": "8"}
 if not os.environ.get("JAXGEN_TEST_FULL_OPT"):

@@ -16,3 +16,11 @@ def host_env(*drop: str, **extra: str) -> dict[str, str]:
         env["XLA_FLAGS"] = " ".join(flags)
     env.update(extra)
     return env
+
+
+def shared_data(name: str) -> str:
+    """Path of a file of the workplace's shared data (``../shared/data`` beside the checkout,
+    else /work/shared/data, for a checkout copied elsewhere)."""
+    beside = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
+                          "data", name)
+    return beside if os.path.exists(beside) else os.path.join("/work/shared/data", name)

@@ -23,15 +23,13 @@ import pytest
 from jaxgen import cli, experiments, models
 from jaxgen.train import loop
 from jaxgen.train import mesh as mesh_lib
+from envs import shared_data
 
 HAVE_LIBTPU = importlib.util.find_spec("libtpu") is not None
 needs_libtpu = pytest.mark.skipif(
     not HAVE_LIBTPU, reason="libtpu is not installed (pip install 'jax[tpu]'): TPU compile "
     "tests skipped")
-SHAKESPEARE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                           "tinyshakespeare.txt")
-if not os.path.exists(SHAKESPEARE):
-    SHAKESPEARE = "/work/shared/data/tinyshakespeare.txt"
+SHAKESPEARE = shared_data("tinyshakespeare.txt")
 
 # Tiny versions of the accelerator recipes: their choices (bfloat16 compute, native
 # convolutions, heads of 64, scanned layers), at sizes that compile in seconds.

@@ -15,9 +15,9 @@ from jaxgen.data.pipeline import FlipCrop
 from jaxgen.data.tokenizers import load_tokenizer_file
 from jaxgen.errors import DataError
 from jaxgen.train import loop
+from envs import shared_data
 
-SHAKESPEARE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
-                           "shared", "data", "tinyshakespeare.txt")
+SHAKESPEARE = shared_data("tinyshakespeare.txt")
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,9 @@ from jaxgen import settings
 from jaxgen.config import Experiment, TextData
 from jaxgen.data import make_datasets, make_tokenizer
 from jaxgen.data import text as text_lib
+from envs import shared_data
 
-SHAKESPEARE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tinyshakespeare.txt")
-if not os.path.exists(SHAKESPEARE):
-    SHAKESPEARE = "/work/shared/data/tinyshakespeare.txt"
+SHAKESPEARE = shared_data("tinyshakespeare.txt")
 
 
 def _config(**data):

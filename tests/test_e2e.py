@@ -10,7 +10,7 @@ import pytest
 
 from jaxgen import experiments, models
 from jaxgen.train import loop, mesh as mesh_lib
-from envs import host_env
+from envs import host_env, shared_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,9 +73,7 @@ def _one_step(spec, devices, mesh, overrides=()):
     return state, metrics
 
 
-SHAKESPEARE = "/work/shared/data/tinyshakespeare.txt"
-if not os.path.exists(SHAKESPEARE):
-    SHAKESPEARE = os.path.join(REPO, "..", "shared", "data", "tinyshakespeare.txt")
+SHAKESPEARE = shared_data("tinyshakespeare.txt")
 
 
 @pytest.mark.parametrize("spec, overrides", [
